@@ -1,0 +1,9 @@
+/* worker/stages.h — private: the stage handlers known to the registry (worker/stages.c). */
+#ifndef NQ_WORKER_STAGES_H
+#define NQ_WORKER_STAGES_H
+
+#include "worker/worker.h"
+
+extern const nq_stage_t nq_stage_noop;
+
+#endif
