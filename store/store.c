@@ -1,0 +1,583 @@
+/* store/store.c — see store.h. */
+#include "store/store.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "common/hash.h"
+
+struct nq_store {
+  char *file_root;      /* owned; lexically normalised absolute path, NULL when unset */
+  char *file_root_real; /* owned; realpath(file_root) */
+  char *s3_root;        /* owned; same, NULL when unset */
+  char *s3_root_real;   /* owned */
+};
+
+/* Process-wide counter so temp names are unique across threads and stores. */
+static atomic_ulong nq_store__tmp_counter;
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* errors                                                                                                            */
+
+static int nq_store__errno(nq_err_t *err, int e, const char *what, const char *path) {
+  int code = NQ_EIO;
+  unsigned flags = NQ_ERR_RETRIABLE;
+  switch (e) {
+    case ENOENT: code = NQ_ENOENT; flags = NQ_ERR_FATAL; break;
+    case ENOMEM: code = NQ_ENOMEM; break;
+    case EISDIR: case ENOTDIR: case ENAMETOOLONG: case ELOOP: case EROFS: case EACCES: case EPERM:
+      flags = NQ_ERR_FATAL;
+      break;
+    default: break;
+  }
+  return nq_err_set(err, code, flags, "store: %s %s: %s", what, path, strerror(e));
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* keys and paths                                                                                                    */
+
+/* Shared segment rules. `strict` (keys): no empty, "." segments. Paths (lenient) may have empty and "." segments,
+ * which normalisation drops. Both refuse "..", control characters (incl. NUL), backslash and long segments. */
+static int nq_store__check(const char *s, size_t len, int strict, const char *what, nq_err_t *err) {
+  if (len == 0) return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: empty %s", what);
+  size_t seg = 0; /* start of the current segment */
+  for (size_t i = 0; i <= len; i++) {
+    if (i < len) {
+      unsigned char c = (unsigned char)s[i];
+      if (c == 0)
+        return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s contains NUL at byte %zu", what, i);
+      if (c < 0x20 || c == 0x7f)
+        return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s contains control character 0x%02x at byte %zu",
+                          what, c, i);
+      if (c == '\\')
+        return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s contains a backslash at byte %zu", what, i);
+      if (c != '/') continue;
+    }
+    size_t n = i - seg;
+    if (strict && i == 0 && i < len)
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s '%.*s' is absolute", what, (int)(len > 200 ? 200 : len), s);
+    if (n > NQ_STORE_SEGMENT_MAX)
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s has a segment of %zu bytes at byte %zu (max %d)", what,
+                        n, seg, NQ_STORE_SEGMENT_MAX);
+    if (n == 2 && s[seg] == '.' && s[seg + 1] == '.')
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s '%.*s' contains a '..' segment", what,
+                        (int)(len > 200 ? 200 : len), s);
+    if (strict && n == 0)
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s '%.*s' has an empty segment at byte %zu", what,
+                        (int)(len > 200 ? 200 : len), s, seg);
+    if (strict && n == 1 && s[seg] == '.')
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: %s '%.*s' contains a '.' segment", what,
+                        (int)(len > 200 ? 200 : len), s);
+    seg = i + 1;
+  }
+  return 0;
+}
+
+int nq_store_key_checkn(const char *key, size_t len, nq_err_t *err) {
+  if (!key) return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: NULL key");
+  if (len > NQ_STORE_KEY_MAX)
+    return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: key of %zu bytes is too long (max %d)", len,
+                      NQ_STORE_KEY_MAX);
+  return nq_store__check(key, len, 1, "key", err);
+}
+
+int nq_store_key_check(const char *key, nq_err_t *err) {
+  if (!key) return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: NULL key");
+  return nq_store_key_checkn(key, strnlen(key, NQ_STORE_KEY_MAX + 1), err);
+}
+
+int nq_store_join(const char *base_uri, const char *key, char *out, size_t cap, nq_err_t *err) {
+  NQ_ASSERT(out && cap > 0);
+  out[0] = 0;
+  if (!base_uri || !*base_uri) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "store: empty base URI");
+  int rc = nq_store_key_check(key, err);
+  if (rc) return rc;
+  size_t bl = strlen(base_uri);
+  const char *sep = base_uri[bl - 1] == '/' ? "" : "/";
+  int n = snprintf(out, cap, "%s%s%s", base_uri, sep, key);
+  if (n < 0 || (size_t)n >= cap) {
+    out[0] = 0;
+    return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: '%s' + '%s' does not fit %zu bytes", base_uri, key, cap);
+  }
+  return 0;
+}
+
+/* Lexical normalisation of a checked path: collapse "//", drop "." segments and trailing "/". Writes to out (cap
+ * bytes). Absolute stays absolute. */
+static int nq_store__normalize(const char *p, char *out, size_t cap, nq_err_t *err) {
+  size_t o = 0;
+  int abs = p[0] == '/';
+  if (abs) {
+    if (cap < 2) goto toolong;
+    out[o++] = '/';
+  }
+  const char *s = p;
+  while (*s) {
+    while (*s == '/') s++;
+    if (!*s) break;
+    const char *e = strchr(s, '/');
+    size_t n = e ? (size_t)(e - s) : strlen(s);
+    if (!(n == 1 && s[0] == '.')) {
+      if (o > 0 && out[o - 1] != '/') {
+        if (o + 1 >= cap) goto toolong;
+        out[o++] = '/';
+      }
+      if (o + n >= cap) goto toolong;
+      memcpy(out + o, s, n);
+      o += n;
+    }
+    s += n;
+  }
+  if (o == 0) {
+    if (cap < 2) goto toolong;
+    out[o++] = '.';
+  }
+  out[o] = 0;
+  return 0;
+toolong:
+  out[0] = 0;
+  return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: path '%.200s' is too long", p);
+}
+
+/* Is path equal to root or below it (on a "/" boundary)? Both normalised absolute. */
+static int nq_store__inside(const char *path, const char *root) {
+  if (!root) return 0;
+  size_t rl = strlen(root);
+  if (rl == 1 && root[0] == '/') return path[0] == '/';
+  return strncmp(path, root, rl) == 0 && (path[rl] == 0 || path[rl] == '/');
+}
+
+/* realpath() of the deepest existing ancestor of path (path included) must lie inside root_real. */
+static int nq_store__symlink_check(const char *path, const char *root_real, const char *uri, nq_err_t *err) {
+  char cur[PATH_MAX], real[PATH_MAX];
+  if (strlen(path) >= sizeof cur) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: path of '%.200s' too long", uri);
+  strcpy(cur, path);
+  for (;;) {
+    if (realpath(cur, real)) break;
+    if (errno != ENOENT && errno != ENOTDIR) return nq_store__errno(err, errno, "resolve", cur);
+    char *slash = strrchr(cur, '/');
+    if (!slash || slash == cur) {
+      strcpy(cur, "/");
+      if (!realpath(cur, real)) return nq_store__errno(err, errno, "resolve", cur);
+      break;
+    }
+    *slash = 0;
+  }
+  if (!nq_store__inside(real, root_real))
+    return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: '%.200s' escapes its root through a symlink (%.200s -> %.200s)",
+                      uri, cur, real);
+  return 0;
+}
+
+/* Does s start with a URI scheme ("xyz://")? Returns the scheme length or 0. */
+static size_t nq_store__scheme(const char *s) {
+  if (!isalpha((unsigned char)s[0])) return 0;
+  size_t i = 1;
+  while (isalnum((unsigned char)s[i]) || s[i] == '+' || s[i] == '-' || s[i] == '.') i++;
+  return strncmp(s + i, "://", 3) == 0 ? i : 0;
+}
+
+int nq_store_resolve(nq_store_t *st, const char *uri, char *path, size_t cap, nq_err_t *err) {
+  NQ_ASSERT(st && path && cap > 0);
+  path[0] = 0;
+  if (!uri || !*uri) return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: empty URI");
+  size_t ulen = strnlen(uri, PATH_MAX + 16);
+  if (ulen > PATH_MAX) return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: URI of more than %d bytes", PATH_MAX);
+
+  char buf[PATH_MAX];
+  const char *root = NULL, *root_real = NULL;
+  int rc;
+  size_t sl = nq_store__scheme(uri);
+  if (sl == 2 && strncasecmp(uri, "s3", 2) == 0) {
+    if (!st->s3_root)
+      return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "store: '%.200s': s3:// needs a configured s3_root", uri);
+    const char *bk = uri + 5, *slash = strchr(bk, '/');
+    if (!slash || slash == bk || !slash[1])
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: '%.200s' is not s3://bucket/key", uri);
+    if ((rc = nq_store_key_checkn(bk, (size_t)(slash - bk), err)) ||
+        (rc = nq_store_key_check(slash + 1, err)))
+      return nq_err_prefix(err, "'%.200s'", uri), rc;
+    int n = snprintf(buf, sizeof buf, "%s/%s", st->s3_root, bk);
+    if (n < 0 || (size_t)n >= sizeof buf)
+      return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: path of '%.200s' too long", uri);
+    root = st->s3_root;
+    root_real = st->s3_root_real;
+  } else {
+    const char *p = uri;
+    if (sl == 4 && strncasecmp(uri, "file", 4) == 0) {
+      p = uri + 7;
+      if (strncmp(p, "localhost/", 10) == 0) p += 9;
+    } else if (sl) {
+      return nq_err_set(err, NQ_EUNSUPPORTED, NQ_ERR_FATAL, "store: '%.200s': unsupported scheme", uri);
+    }
+    if ((rc = nq_store__check(p, strlen(p), 0, "path", err))) return nq_err_prefix(err, "'%.200s'", uri), rc;
+    char norm[PATH_MAX];
+    if ((rc = nq_store__normalize(p, norm, sizeof norm, err))) return rc;
+    root = st->file_root;
+    root_real = st->file_root_real;
+    if (root && norm[0] != '/') {
+      int n = snprintf(buf, sizeof buf, "%s/%s", root, norm);
+      if (n < 0 || (size_t)n >= sizeof buf)
+        return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: path of '%.200s' too long", uri);
+    } else {
+      strcpy(buf, norm);
+    }
+    if (root && !nq_store__inside(buf, root) && !nq_store__inside(buf, root_real))
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: '%.200s' is outside the file root %s", uri, root);
+  }
+  if (root && (rc = nq_store__symlink_check(buf, root_real, uri, err))) return rc;
+  size_t bl = strlen(buf);
+  if (bl >= cap) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: path of '%.200s' does not fit %zu bytes", uri, cap);
+  memcpy(path, buf, bl + 1);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* lifecycle                                                                                                         */
+
+static int nq_store__mkdirs(char *path /* modified and restored */, nq_err_t *err) {
+  size_t n = strlen(path);
+  for (size_t i = 1; i <= n; i++) {
+    if (path[i] != '/' && path[i] != 0) continue;
+    char c = path[i];
+    path[i] = 0;
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+      int e = errno;
+      nq_store__errno(err, e, "mkdir", path);
+      path[i] = c;
+      return err ? err->code : (e == ENOENT ? NQ_ENOENT : NQ_EIO);
+    }
+    path[i] = c;
+  }
+  struct stat sb;
+  if (stat(path, &sb) != 0) return nq_store__errno(err, errno, "stat", path);
+  if (!S_ISDIR(sb.st_mode)) return nq_store__errno(err, ENOTDIR, "mkdir", path);
+  return 0;
+}
+
+/* Normalised absolute copy of a root + its realpath. */
+static int nq_store__root(const char *given, int create, char **lex, char **real, const char *what, nq_err_t *err) {
+  int rc = nq_store__check(given, strlen(given), 0, what, err);
+  if (rc) return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "store: %s '%.200s' is not a usable path", what, given);
+  char abs[PATH_MAX], norm[PATH_MAX];
+  if (given[0] == '/') {
+    snprintf(abs, sizeof abs, "%s", given);
+  } else {
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) return nq_store__errno(err, errno, "getcwd for", what);
+    if ((size_t)snprintf(abs, sizeof abs, "%s/%s", cwd, given) >= sizeof abs)
+      return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "store: %s too long", what);
+  }
+  if ((rc = nq_store__normalize(abs, norm, sizeof norm, err))) return rc;
+  struct stat sb;
+  if (stat(norm, &sb) != 0) {
+    if (!create)
+      return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "store: %s %s: %s", what, norm, strerror(errno));
+    if ((rc = nq_store__mkdirs(norm, err))) {
+      if (err) err->code = NQ_ECONFIG, err->flags = NQ_ERR_FATAL;
+      return NQ_ECONFIG;
+    }
+  } else if (!S_ISDIR(sb.st_mode)) {
+    return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "store: %s %s is not a directory", what, norm);
+  }
+  char r[PATH_MAX];
+  if (!realpath(norm, r)) return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "store: %s %s: %s", what, norm, strerror(errno));
+  *lex = strdup(norm);
+  *real = strdup(r);
+  if (!*lex || !*real) return nq_err_set(err, NQ_ENOMEM, 0, "store: out of memory");
+  return 0;
+}
+
+int nq_store_new(const nq_store_cfg_t *cfg, nq_store_t **out, nq_err_t *err) {
+  NQ_ASSERT(out);
+  *out = NULL;
+  nq_store_t *st = calloc(1, sizeof *st);
+  if (!st) return nq_err_set(err, NQ_ENOMEM, 0, "store: out of memory");
+  int rc = 0;
+  if (cfg && cfg->file_root && *cfg->file_root)
+    rc = nq_store__root(cfg->file_root, 1, &st->file_root, &st->file_root_real, "file_root", err);
+  if (!rc && cfg && cfg->s3_root && *cfg->s3_root)
+    rc = nq_store__root(cfg->s3_root, 0, &st->s3_root, &st->s3_root_real, "s3_root", err);
+  if (rc) {
+    nq_store_free(st);
+    return rc;
+  }
+  *out = st;
+  return 0;
+}
+
+void nq_store_free(nq_store_t *st) {
+  if (!st) return;
+  free(st->file_root);
+  free(st->file_root_real);
+  free(st->s3_root);
+  free(st->s3_root_real);
+  free(st);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* objects                                                                                                           */
+
+const char *nq_store_type_guess(const char *name) {
+  static const struct { const char *ext, *type; } tab[] = {
+      {"json", "application/json"},   {"jsonl", "application/x-ndjson"}, {"txt", "text/plain"},
+      {"csv", "text/csv"},            {"yaml", "application/yaml"},      {"yml", "application/yaml"},
+      {"png", "image/png"},           {"jpg", "image/jpeg"},             {"jpeg", "image/jpeg"},
+      {"webp", "image/webp"},         {"gif", "image/gif"},              {"bmp", "image/bmp"},
+      {"wav", "audio/wav"},           {"flac", "audio/flac"},            {"mp3", "audio/mpeg"},
+      {"ogg", "audio/ogg"},           {"mp4", "video/mp4"},              {"webm", "video/webm"},
+      {"avi", "video/x-msvideo"},     {"mkv", "video/x-matroska"},
+      {"npy", "application/x-npy"},   {"tar", "application/x-tar"},      {"gz", "application/gzip"},
+  };
+  if (!name) return "application/octet-stream";
+  const char *base = strrchr(name, '/');
+  base = base ? base + 1 : name;
+  const char *dot = strrchr(base, '.');
+  if (!dot || dot == base) return "application/octet-stream";
+  for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
+    if (strcasecmp(dot + 1, tab[i].ext) == 0) return tab[i].type;
+  return "application/octet-stream";
+}
+
+static int nq_store__fsync_dir(const char *dir, nq_err_t *err) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return nq_store__errno(err, errno, "open dir", dir);
+  int rc = 0;
+  if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS) rc = nq_store__errno(err, errno, "fsync dir", dir);
+  close(fd);
+  return rc;
+}
+
+/* The URI recorded for an object: scheme URIs as given, plain paths as file:///abs. */
+static int nq_store__obj_uri(const char *uri, const char *path, char *out, size_t cap, nq_err_t *err) {
+  int n;
+  if (nq_store__scheme(uri)) {
+    n = snprintf(out, cap, "%s", uri);
+  } else if (path[0] == '/') {
+    n = snprintf(out, cap, "file://%s", path);
+  } else {
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) return nq_store__errno(err, errno, "getcwd for", uri);
+    n = snprintf(out, cap, "file://%s/%s", cwd, path);
+  }
+  if (n < 0 || (size_t)n >= cap) {
+    out[0] = 0;
+    return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: URI of '%.200s' longer than %zu bytes", uri, cap - 1);
+  }
+  return 0;
+}
+
+int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, nq_store_obj_t *obj, nq_err_t *err) {
+  NQ_ASSERT(st && (data || len == 0));
+  if (obj) memset(obj, 0, sizeof *obj);
+  char path[PATH_MAX];
+  int rc = nq_store_resolve(st, uri, path, sizeof path, err);
+  if (rc) return rc;
+  size_t ul = strlen(uri);
+  if (uri[ul - 1] == '/' || strcmp(path, "/") == 0 || strcmp(path, ".") == 0)
+    return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: put '%.200s': URI names a directory", uri);
+  char dir[PATH_MAX];
+  const char *name;
+  char *slash = strrchr(path, '/');
+  if (!slash) {
+    strcpy(dir, ".");
+    name = path;
+  } else {
+    size_t dl = (size_t)(slash - path);
+    if (dl == 0) dl = 1; /* "/x" */
+    memcpy(dir, path, dl);
+    dir[dl] = 0;
+    name = slash + 1;
+  }
+  if ((rc = nq_store__mkdirs(dir, err))) return nq_err_prefix(err, "put '%.200s'", uri);
+  /* A symlink could have appeared among the parents while we created them: re-check before writing. */
+  const char *root_real = nq_store__scheme(uri) == 2 ? st->s3_root_real : st->file_root_real;
+  if (root_real && (rc = nq_store__symlink_check(dir, root_real, uri, err))) return rc;
+
+  if (obj && (rc = nq_store__obj_uri(uri, path, obj->uri, sizeof obj->uri, err))) return rc; /* before writing */
+  char tmp[PATH_MAX];
+  unsigned long cnt = atomic_fetch_add(&nq_store__tmp_counter, 1);
+  int n = snprintf(tmp, sizeof tmp, "%s/.%.180s.tmp.%ld.%ld.%lu", dir, name, (long)getpid(), (long)syscall(SYS_gettid),
+                   cnt);
+  if (n < 0 || (size_t)n >= sizeof tmp) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: temp path for '%.200s' too long", uri);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return nq_store__errno(err, errno, "create", tmp);
+  const unsigned char *p = data;
+  size_t left = len;
+  while (left > 0) {
+    ssize_t w = write(fd, p, left);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      rc = nq_store__errno(err, errno, "write", tmp);
+      goto fail;
+    }
+    p += w;
+    left -= (size_t)w;
+  }
+  if (fsync(fd) != 0) {
+    rc = nq_store__errno(err, errno, "fsync", tmp);
+    goto fail;
+  }
+  if (close(fd) != 0) {
+    fd = -1;
+    rc = nq_store__errno(err, errno, "close", tmp);
+    goto fail;
+  }
+  fd = -1;
+  if (rename(tmp, path) != 0) {
+    rc = nq_store__errno(err, errno, "rename to", path);
+    goto fail;
+  }
+  if ((rc = nq_store__fsync_dir(dir, err))) return rc;
+  if (obj) {
+    if ((rc = nq_sha256_hex(data, len, obj->sha256)))
+      return nq_err_set(err, rc, NQ_ERR_RETRIABLE, "store: sha256 of '%.200s' failed", uri);
+    obj->bytes = len;
+    snprintf(obj->type, sizeof obj->type, "%s", nq_store_type_guess(name));
+  }
+  return 0;
+fail:
+  if (fd >= 0) close(fd);
+  unlink(tmp);
+  return rc;
+}
+
+int nq_store_get(nq_store_t *st, const char *uri, void **data, size_t *len, nq_err_t *err) {
+  NQ_ASSERT(st && data && len);
+  *data = NULL;
+  *len = 0;
+  char path[PATH_MAX];
+  int rc = nq_store_resolve(st, uri, path, sizeof path, err);
+  if (rc) return rc;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return nq_store__errno(err, errno, "open", path);
+  struct stat sb;
+  if (fstat(fd, &sb) != 0) {
+    rc = nq_store__errno(err, errno, "stat", path);
+    close(fd);
+    return rc;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    close(fd);
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "store: get %s: not a regular file", path);
+  }
+  if ((unsigned long long)sb.st_size > NQ_STORE_GET_MAX || (unsigned long long)sb.st_size >= SIZE_MAX) {
+    close(fd);
+    return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: get %s: %lld bytes exceeds the limit of %llu", path,
+                      (long long)sb.st_size, NQ_STORE_GET_MAX);
+  }
+  size_t cap = (size_t)sb.st_size;
+  unsigned char *buf = malloc(cap + 1);
+  if (!buf) {
+    close(fd);
+    return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "store: get %s: out of memory for %zu bytes", path, cap);
+  }
+  size_t got = 0;
+  while (got < cap) {
+    ssize_t r = read(fd, buf + got, cap - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      rc = nq_store__errno(err, errno, "read", path);
+      free(buf);
+      close(fd);
+      return rc;
+    }
+    if (r == 0) break; /* shrank meanwhile: return what is there */
+    got += (size_t)r;
+  }
+  close(fd);
+  buf[got] = 0;
+  *data = buf;
+  *len = got;
+  return 0;
+}
+
+int nq_store_exists(nq_store_t *st, const char *uri) {
+  char path[PATH_MAX];
+  if (nq_store_resolve(st, uri, path, sizeof path, NULL)) return 0;
+  struct stat sb;
+  return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+int nq_store_stat(nq_store_t *st, const char *uri, nq_store_obj_t *obj, nq_err_t *err) {
+  NQ_ASSERT(st && obj);
+  memset(obj, 0, sizeof *obj);
+  char path[PATH_MAX];
+  int rc = nq_store_resolve(st, uri, path, sizeof path, err);
+  if (rc) return rc;
+  struct stat sb;
+  if (stat(path, &sb) != 0) return nq_store__errno(err, errno, "stat", path);
+  if (!S_ISREG(sb.st_mode)) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "store: stat %s: not a regular file", path);
+  if ((rc = nq_sha256_file(path, obj->sha256, err))) return rc;
+  if ((rc = nq_store__obj_uri(uri, path, obj->uri, sizeof obj->uri, err))) return rc;
+  obj->bytes = (unsigned long long)sb.st_size;
+  snprintf(obj->type, sizeof obj->type, "%s", nq_store_type_guess(path));
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* per-job files                                                                                                     */
+
+int nq_store_manifest_write(nq_store_t *st, const char *job_output_uri, const char *const *lines, size_t n,
+                            nq_err_t *err) {
+  NQ_ASSERT(st && (lines || n == 0));
+  char uri[PATH_MAX];
+  int rc = nq_store_join(job_output_uri, NQ_STORE_MANIFEST_NAME, uri, sizeof uri, err);
+  if (rc) return rc;
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!lines[i]) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "store: manifest line %zu is NULL", i);
+    if (strchr(lines[i], '\n'))
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "store: manifest line %zu contains a newline", i);
+    size_t l = strlen(lines[i]);
+    if (total > SIZE_MAX - l - 1) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: manifest too large");
+    total += l + 1;
+  }
+  char *buf = malloc(total ? total : 1);
+  if (!buf) return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "store: manifest of %zu bytes: out of memory", total);
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t l = strlen(lines[i]);
+    memcpy(buf + o, lines[i], l);
+    o += l;
+    buf[o++] = '\n';
+  }
+  rc = nq_store_put(st, uri, buf, o, NULL, err);
+  free(buf);
+  return rc;
+}
+
+int nq_store_success_write(nq_store_t *st, const char *job_output_uri, nq_err_t *err) {
+  char uri[PATH_MAX];
+  int rc = nq_store_join(job_output_uri, NQ_STORE_SUCCESS_NAME, uri, sizeof uri, err);
+  if (rc) return rc;
+  return nq_store_put(st, uri, "", 0, NULL, err);
+}
+
+int nq_store_success_remove(nq_store_t *st, const char *job_output_uri, nq_err_t *err) {
+  char uri[PATH_MAX], path[PATH_MAX];
+  int rc = nq_store_join(job_output_uri, NQ_STORE_SUCCESS_NAME, uri, sizeof uri, err);
+  if (rc) return rc;
+  if ((rc = nq_store_resolve(st, uri, path, sizeof path, err))) return rc;
+  if (unlink(path) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return 0;
+    return nq_store__errno(err, errno, "unlink", path);
+  }
+  char *slash = strrchr(path, '/');
+  if (!slash) return nq_store__fsync_dir(".", err);
+  if (slash == path) return nq_store__fsync_dir("/", err);
+  *slash = 0;
+  return nq_store__fsync_dir(path, err);
+}
