@@ -20,7 +20,8 @@ WITH_OPENBLAS ?= 1
 WITH_ONEDNN   ?= 1
 WITH_CUDA     ?= $(shell command -v nvcc >/dev/null 2>&1 && echo 1 || echo 0)
 
-PKGS    := yaml-0.1 jansson libcrypto hiredis libarchive rdkafka
+PKGS    := yaml-0.1 jansson libcrypto hiredis libarchive rdkafka zlib libpcre2-8 icu-uc libpng libjpeg libwebp libwebpdemux sndfile \
+           libavformat libavcodec libavutil libswscale
 LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 ifeq ($(WITH_OPENBLAS),1)
 CFLAGS  += -DNQ_WITH_OPENBLAS $(shell pkg-config --cflags openblas 2>/dev/null)
@@ -71,15 +72,18 @@ $(BUILD)/nextq: $(CLI_OBJ) $(BUILD)/libnextq.a
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libnextq.a $(TEST_HELP_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -DNQ_SHARED_DIR='"$(SHARED)"' -o $@ $< $(TEST_HELP_OBJ) $(BUILD)/libnextq.a $(LIBS) -lcriterion
+	@echo "  LD  $@"
+	@$(CC) $(CFLAGS) -DNQ_SHARED_DIR='"$(SHARED)"' -o $@ $< $(TEST_HELP_OBJ) $(BUILD)/libnextq.a $(LIBS) -lcriterion
 
 $(BUILD)/tests/%: tests/integration/%.c $(BUILD)/libnextq.a $(TEST_HELP_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -DNQ_SHARED_DIR='"$(SHARED)"' -o $@ $< $(TEST_HELP_OBJ) $(BUILD)/libnextq.a $(LIBS) -lcriterion
+	@echo "  LD  $@"
+	@$(CC) $(CFLAGS) -DNQ_SHARED_DIR='"$(SHARED)"' -o $@ $< $(TEST_HELP_OBJ) $(BUILD)/libnextq.a $(LIBS) -lcriterion
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libnextq.a
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libnextq.a $(TEST_HELP_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -DNQ_SHARED_DIR='"$(SHARED)"' -o $@ $< $(BUILD)/libnextq.a $(LIBS)
+	@echo "  LD  $@"
+	@$(CC) $(CFLAGS) -DNQ_SHARED_DIR='"$(SHARED)"' -o $@ $< $(TEST_HELP_OBJ) $(BUILD)/libnextq.a $(LIBS)
 
 unit: all $(UNIT_BIN)
 	@tests/run-tests.sh $(UNIT_BIN)

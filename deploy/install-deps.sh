@@ -15,6 +15,11 @@ PKGS=(
   libcriterion-dev                # unit and integration tests
   libopenblas-dev                 # f32 GEMM/GEMV backend
   libdnnl-dev                     # oneDNN matmul (f32/bf16) and convolutions
+  zlib1g-dev                      # gzip (CLIP's bpe_simple_vocab_16e6.txt.gz)
+  libpcre2-dev libicu-dev         # tokenizer regexes with Unicode classes; Unicode lowercasing
+  libjpeg62-turbo-dev libpng-dev libwebp-dev  # image decoding
+  libsndfile1-dev                 # WAV/FLAC/OGG decoding and WAV writing
+  libavformat-dev libavcodec-dev libavutil-dev libswscale-dev  # video decoding/encoding
 )
 
 missing=()

@@ -2,15 +2,19 @@
 #include "store/store.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -379,6 +383,48 @@ static int nq_store__obj_uri(const char *uri, const char *path, char *out, size_
   return 0;
 }
 
+static char nq_store__host_buf[64];
+static pthread_once_t nq_store__host_once = PTHREAD_ONCE_INIT;
+static void nq_store__host_init(void) {
+  char h[64] = "";
+  if (gethostname(h, sizeof h - 1) != 0 || !h[0]) snprintf(h, sizeof h, "host");
+  for (char *c = h; *c; c++)
+    if (*c == '.' || *c == '/' || (unsigned char)*c < 0x21) *c = '_';
+  snprintf(nq_store__host_buf, sizeof nq_store__host_buf, "%s", h);
+}
+/* This host's name as used in temp file names (dots replaced: the sweep parses the name back). */
+static const char *nq_store__host(void) {
+  pthread_once(&nq_store__host_once, nq_store__host_init);
+  return nq_store__host_buf;
+}
+
+/* A writer killed between creating its temp file and the rename (SIGKILL, OOM, power cut) leaves
+ * `.<name>.tmp.<host>.<pid>.<tid>.<n>` behind. Before writing <name> again, remove such leftovers when their
+ * writer is provably gone: same host and the pid no longer exists, or (any host) older than an hour. */
+static void nq_store__sweep_stale(const char *dir, const char *name) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  char prefix[300];
+  int pl = snprintf(prefix, sizeof prefix, ".%.180s.tmp.", name);
+  const char *me = nq_store__host();
+  size_t ml = strlen(me);
+  time_t now = time(NULL);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, prefix, (size_t)pl) != 0) continue;
+    const char *rest = e->d_name + pl; /* HOST.PID.TID.CNT */
+    int dead = 0;
+    if (strncmp(rest, me, ml) == 0 && rest[ml] == '.') {
+      long pid = strtol(rest + ml + 1, NULL, 10);
+      dead = pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+    }
+    struct stat stt;
+    if (!dead && fstatat(dirfd(d), e->d_name, &stt, AT_SYMLINK_NOFOLLOW) == 0 && now - stt.st_mtime > 3600) dead = 1;
+    if (dead) unlinkat(dirfd(d), e->d_name, 0);
+  }
+  closedir(d);
+}
+
 int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, nq_store_obj_t *obj, nq_err_t *err) {
   NQ_ASSERT(st && (data || len == 0));
   if (obj) memset(obj, 0, sizeof *obj);
@@ -407,10 +453,11 @@ int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, 
   if (root_real && (rc = nq_store__symlink_check(dir, root_real, uri, err))) return rc;
 
   if (obj && (rc = nq_store__obj_uri(uri, path, obj->uri, sizeof obj->uri, err))) return rc; /* before writing */
+  nq_store__sweep_stale(dir, name);
   char tmp[PATH_MAX];
   unsigned long cnt = atomic_fetch_add(&nq_store__tmp_counter, 1);
-  int n = snprintf(tmp, sizeof tmp, "%s/.%.180s.tmp.%ld.%ld.%lu", dir, name, (long)getpid(), (long)syscall(SYS_gettid),
-                   cnt);
+  int n = snprintf(tmp, sizeof tmp, "%s/.%.180s.tmp.%s.%ld.%ld.%lu", dir, name, nq_store__host(), (long)getpid(),
+                   (long)syscall(SYS_gettid), cnt);
   if (n < 0 || (size_t)n >= sizeof tmp) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: temp path for '%.200s' too long", uri);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) return nq_store__errno(err, errno, "create", tmp);
