@@ -9,6 +9,7 @@
 /* Subcommands contributed by optional model modules are weak: a build without them still links. */
 __attribute__((weak)) int nq_cli_llm(int argc, char **argv);
 __attribute__((weak)) int nq_cli_tokenize(int argc, char **argv);
+__attribute__((weak)) int nq_cli_model(int argc, char **argv);
 
 typedef struct cmd {
   const char *name;
@@ -27,6 +28,7 @@ static const cmd_t cmds[] = {
     {"module", nq_cli_module, "run one model component on tensors (golden checks)"},
     {"llm", NULL, "generate text with a LLaMA model"},
     {"tokenize", NULL, "print token ids of a text"},
+    {"model", NULL, "inspect | convert checkpoints (safetensors, PyTorch .pt/.pth/.bin)"},
     {NULL, NULL, NULL},
 };
 
@@ -52,6 +54,7 @@ int main(int argc, char **argv) {
     int (*fn)(int, char **) = c->fn;
     if (!fn && strcmp(c->name, "llm") == 0) fn = nq_cli_llm;
     if (!fn && strcmp(c->name, "tokenize") == 0) fn = nq_cli_tokenize;
+    if (!fn && strcmp(c->name, "model") == 0) fn = nq_cli_model;
     if (!fn) {
       fprintf(stderr, "nextq: '%s' is not built into this binary\n", c->name);
       return 2;

@@ -9,5 +9,8 @@ int nq_module_audio_preprocess(const nq_module_ctx_t *ctx, nq_err_t *err);
 int nq_module_video_preprocess(const nq_module_ctx_t *ctx, nq_err_t *err);
 int nq_module_clip_tokenize(const nq_module_ctx_t *ctx, nq_err_t *err);
 int nq_module_roberta_tokenize(const nq_module_ctx_t *ctx, nq_err_t *err);
+int nq_module_llm_logits(const nq_module_ctx_t *ctx, nq_err_t *err);
+int nq_module_llm_greedy(const nq_module_ctx_t *ctx, nq_err_t *err);
+int nq_module_llama_tokenize(const nq_module_ctx_t *ctx, nq_err_t *err);
 
 #endif

@@ -6,6 +6,7 @@
 
 static const nq_stage_t *const registry[] = {
     &nq_stage_noop,
+    &nq_stage_llm,
     NULL,
 };
 

@@ -5,5 +5,6 @@
 #include "worker/worker.h"
 
 extern const nq_stage_t nq_stage_noop;
+extern const nq_stage_t nq_stage_llm;
 
 #endif

@@ -1,0 +1,137 @@
+/* Host execution of the row-wise ops, attention and embedding (shared by ref and cpu). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute/backends/backends_int.h"
+
+nq_backend_t *nq_backends__alloc(const nq_backend_i *iface, void *ctx, nq_pool_t *pool, nq_err_t *err) {
+  nq_backend_t *be = calloc(1, sizeof(*be));
+  if (!be) {
+    nq_err_set(err, NQ_ENOMEM, 0, "backend %s: out of memory", iface->name);
+    return NULL;
+  }
+  be->iface = iface;
+  be->ctx = ctx;
+  be->pool = pool;
+  return be;
+}
+
+bool nq_backends__is_host_op(const nq_op_desc_t *op) {
+  for (int i = 0; i < 3; i++)
+    if (op->src[i] && op->src[i]->device) return false;
+  return !op->dst || !op->dst->device;
+}
+
+typedef struct {
+  const nq_op_desc_t *op;
+  nq_core__rows_t x, y, b;
+  float *scratch; /* attention: per thread */
+  int64_t scratch_per;
+} nq_host__job_t;
+
+static void nq_host__rows_cb(void *ctx, int64_t r0, int64_t r1, int tid) {
+  nq_host__job_t *j = ctx;
+  const nq_op_desc_t *op = j->op;
+  const float *xd = op->src[0] ? op->src[0]->data : NULL;
+  float *yd = op->dst->data;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *x = xd + r * j->x.stride;
+    float *y = yd + r * j->y.stride;
+    switch (op->op) {
+      case NQ_OP_RMSNORM:
+        nq_core__rmsnorm_row(y, x, op->src[1] ? op->src[1]->data : NULL, j->x.len, op->f[0]);
+        break;
+      case NQ_OP_LAYERNORM:
+        nq_core__layernorm_row(y, x, op->src[1] ? op->src[1]->data : NULL, op->src[2] ? op->src[2]->data : NULL,
+                               j->x.len, op->f[0]);
+        break;
+      case NQ_OP_SOFTMAX: nq_core__softmax_row(y, x, j->x.len, op->f[0]); break;
+      case NQ_OP_ROPE: {
+        float cs[1024];
+        int64_t pos = ((const int32_t *)op->src[1]->data)[r];
+        nq_core__rope_table(cs, pos, (int)op->i[0], (int)op->i[2], op->f[0]);
+        nq_core__rope_row(y, x, j->x.len, (int)op->i[0], (int)op->i[2], (nq_rope_mode_t)op->i[1], cs);
+        break;
+      }
+      case NQ_OP_ADD:
+      case NQ_OP_MUL:
+      case NQ_OP_SWIGLU: {
+        const float *b = (const float *)op->src[1]->data + (j->b.n == 1 ? 0 : r * j->b.stride);
+        nq_core__binary_row(op->op, y, x, b, j->x.len);
+        break;
+      }
+      default: nq_core__unary_row(op->op, y, x, j->x.len); break;
+    }
+  }
+}
+
+static void nq_host__embed_cb(void *ctx, int64_t r0, int64_t r1, int tid) {
+  nq_host__job_t *j = ctx;
+  const nq_tensor_t *tab = j->op->src[0];
+  const int32_t *ids = j->op->src[1]->data;
+  for (int64_t r = r0; r < r1; r++)
+    nq_core__row_to_f32((float *)j->op->dst->data + r * j->y.stride, tab->data, tab->dtype, ids[r], tab->ne[1]);
+}
+
+static void nq_host__attn_cb(void *ctx, int64_t i0, int64_t i1, int tid) {
+  nq_host__job_t *j = ctx;
+  const nq_op_desc_t *op = j->op;
+  int64_t H = op->i[0], KV = op->i[1], pos0 = op->i[2];
+  int causal = (int)op->i[3];
+  int64_t hd = j->x.len / H, group = H / KV;
+  nq_core__rows_t k = nq_core__rows_of(op->src[1]);
+  float *scores = j->scratch + (int64_t)tid * j->scratch_per;
+  for (int64_t it = i0; it < i1; it++) {
+    int64_t t = it / H, h = it % H, kvh = h / group;
+    int64_t n_keys = causal ? pos0 + t + 1 : k.n;
+    const float *q = (const float *)op->src[0]->data + t * j->x.stride + h * hd;
+    const float *kc = (const float *)op->src[1]->data + kvh * hd;
+    const float *vc = (const float *)op->src[2]->data + kvh * hd;
+    float *out = (float *)op->dst->data + t * j->y.stride + h * hd;
+    nq_core__attn_head(out, q, kc, vc, k.stride, n_keys, (int)hd, op->f[0], scores);
+  }
+}
+
+int nq_backends__host_run(const nq_op_desc_t *op, nq_pool_t *pool, nq_err_t *err) {
+  nq_host__job_t j = {.op = op};
+  j.y = nq_core__rows_of(op->dst);
+  if (op->op == NQ_OP_EMBED) {
+    nq_pool_for(pool, j.y.n, 1, nq_host__embed_cb, &j);
+    return 0;
+  }
+  j.x = nq_core__rows_of(op->src[0]);
+  if (op->op == NQ_OP_ATTENTION) {
+    nq_core__rows_t k = nq_core__rows_of(op->src[1]);
+    int nt = nq_pool_size(pool);
+    j.scratch_per = (k.n + 15) & ~(int64_t)15;
+    j.scratch = malloc(sizeof(float) * (size_t)(j.scratch_per * nt));
+    if (!j.scratch) return nq_err_set(err, NQ_ENOMEM, 0, "attention: scratch for %lld keys", (long long)k.n);
+    nq_pool_for(pool, j.x.n * op->i[0], 1, nq_host__attn_cb, &j);
+    free(j.scratch);
+    return 0;
+  }
+  if (op->op == NQ_OP_ADD || op->op == NQ_OP_MUL || op->op == NQ_OP_SWIGLU) j.b = nq_core__rows_of(op->src[1]);
+  /* small rows: give each thread enough work to be worth a wake-up */
+  int64_t grain = j.x.len >= 4096 ? 1 : (4096 + j.x.len - 1) / (j.x.len ? j.x.len : 1);
+  nq_pool_for(pool, j.x.n, grain, nq_host__rows_cb, &j);
+  return 0;
+}
+
+void nq_backends__linear_ref(const nq_op_desc_t *op) {
+  nq_core__rows_t x = nq_core__rows_of(op->src[0]), y = nq_core__rows_of(op->dst);
+  const nq_tensor_t *w = &op->lin->w;
+  int64_t N = w->ne[0], K = w->ne[1];
+  const float *bias = op->lin->b.data;
+  float *wrow = malloc(sizeof(float) * (size_t)K);
+  NQ_ASSERT(wrow);
+  for (int64_t n = 0; n < N; n++) {
+    nq_core__row_to_f32(wrow, w->data, w->dtype, n, K);
+    for (int64_t m = 0; m < x.n; m++) {
+      const float *xm = (const float *)op->src[0]->data + m * x.stride;
+      float s = 0.0f;
+      for (int64_t k = 0; k < K; k++) s += xm[k] * wrow[k];
+      ((float *)op->dst->data)[m * y.stride + n] = s + (bias ? bias[n] : 0.0f);
+    }
+  }
+  free(wrow);
+}

@@ -1,0 +1,230 @@
+/* Every op on every built backend vs the reference backend, random shapes incl. odd sizes. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute/core/ops.h"
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform [-1, 1) */
+  g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+  return (float)((g_rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+static int irand(int lo, int hi) { return lo + (int)((frand() + 1.0f) * 0.5f * (float)(hi - lo + 1)) % (hi - lo + 1); }
+
+static void fill(nq_tensor_t *t, float scale) {
+  for (int64_t i = 0; i < nq_tensor_numel(t); i++) nq_tensor_set(t, i, frand() * scale);
+}
+
+static double rel_l2(const nq_tensor_t *a, const nq_tensor_t *b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < nq_tensor_numel(a); i++) {
+    double x = nq_tensor_get(a, i), y = nq_tensor_get(b, i);
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  return sqrt(num) / fmax(sqrt(den), 1e-12);
+}
+
+static const char *k_backends[] = {"cpu", "openblas", "onednn"};
+
+/* Runs op on be and on ref with separate dst tensors; returns rel_l2 or -1 if unsupported. */
+static double run_pair(nq_backend_t *be, nq_backend_t *ref, nq_op_desc_t *d, nq_tensor_t *dst_be, nq_tensor_t *dst_ref) {
+  nq_err_t err = {0};
+  d->dst = dst_be;
+  cr_assert_eq(nq_op_check(d, &err), 0, "%s: %s", nq_op_name(d->op), err.msg);
+  if (!be->iface->supports_op(be, d)) return -1;
+  cr_assert_eq(be->iface->compute(be, d, &err), 0, "%s on %s: %s", nq_op_name(d->op), be->iface->name, err.msg);
+  d->dst = dst_ref;
+  cr_assert_eq(ref->iface->compute(ref, d, &err), 0, "ref %s: %s", nq_op_name(d->op), err.msg);
+  return rel_l2(dst_be, dst_ref);
+}
+
+Test(compute_ops, linear_all_backends_dtypes) {
+  nq_err_t err = {0};
+  nq_backend_t *ref = nq_backend_ref_new(&err);
+  int shapes[][3] = {{1, 7, 5}, {1, 64, 33}, {3, 17, 129}, {16, 96, 40}, {33, 130, 65}, {64, 256, 128}, {2, 8, 8}};
+  nq_dtype_t dts[] = {NQ_DT_F32, NQ_DT_BF16, NQ_DT_F16};
+  int ran = 0;
+  for (size_t b = 0; b < sizeof k_backends / sizeof *k_backends; b++) {
+    nq_backend_t *be = nq_backend_new_by_name(k_backends[b], NULL, &err);
+    if (!be) continue; /* not built */
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+      for (size_t t = 0; t < 3; t++)
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+          int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+          nq_tensor_t x, w, bias, y1, y2;
+          nq_tensor_init(&x, NQ_DT_F32, 2, NQ_SHAPE(M, K), &err);
+          nq_tensor_init(&w, dts[t], 2, NQ_SHAPE(N, K), &err);
+          nq_tensor_init(&bias, NQ_DT_F32, 1, NQ_SHAPE(N), &err);
+          nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(M, N), &err);
+          nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(M, N), &err);
+          fill(&x, 1), fill(&w, 0.5f), fill(&bias, 1);
+          nq_linear_t lin;
+          nq_linear_init(&lin, &w, with_bias ? &bias : NULL);
+          nq_op_desc_t d = {.op = NQ_OP_LINEAR, .src = {&x}, .lin = &lin};
+          if (be->iface->supports_op(be, &d) && be->iface->linear_pack) {
+            cr_assert_eq(be->iface->linear_pack(be, &lin, &err), 0, "%s pack: %s", k_backends[b], err.msg);
+          }
+          double r = run_pair(be, ref, &d, &y1, &y2);
+          /* oneDNN bf16 rounds activations to bf16 too */
+          double tol = (dts[t] == NQ_DT_BF16 && !strcmp(k_backends[b], "onednn")) ? 1e-2 : 2e-6 * sqrt(K);
+          if (r >= 0) {
+            ran++;
+            cr_expect_leq(r, tol, "linear %s %s M%d K%d N%d bias%d: rel_l2 %g", k_backends[b], nq_dtype_name(dts[t]), M,
+                          K, N, with_bias, r);
+          }
+          for (int i = 0; i < NQ_BK_COUNT; i++)
+            if (lin.packed[i]) lin.packed_free[i](lin.packed[i]);
+          nq_tensor_deinit(&x), nq_tensor_deinit(&w), nq_tensor_deinit(&bias), nq_tensor_deinit(&y1),
+              nq_tensor_deinit(&y2);
+        }
+    nq_backend_free(be);
+  }
+  cr_assert_gt(ran, 40, "only %d linear comparisons ran", ran);
+  nq_backend_free(ref);
+}
+
+Test(compute_ops, rowwise_all_backends) {
+  nq_err_t err = {0};
+  nq_backend_t *ref = nq_backend_ref_new(&err);
+  nq_op_t ops[] = {NQ_OP_RMSNORM, NQ_OP_LAYERNORM, NQ_OP_SOFTMAX, NQ_OP_SILU, NQ_OP_GELU, NQ_OP_GELU_TANH,
+                   NQ_OP_QUICK_GELU, NQ_OP_ADD, NQ_OP_MUL, NQ_OP_SWIGLU, NQ_OP_ROPE};
+  int ran = 0;
+  for (size_t b = 0; b < sizeof k_backends / sizeof *k_backends; b++) {
+    nq_backend_t *be = nq_backend_new_by_name(k_backends[b], NULL, &err);
+    if (!be) continue;
+    for (size_t o = 0; o < sizeof ops / sizeof *ops; o++)
+      for (int trial = 0; trial < 6; trial++) {
+        int rows = irand(1, 37), hd = 2 * irand(1, 20), heads = irand(1, 5);
+        int len = ops[o] == NQ_OP_ROPE ? hd * heads : irand(1, 300);
+        nq_tensor_t x, x2, g, bt, pos, y1, y2;
+        nq_tensor_init(&x, NQ_DT_F32, 2, NQ_SHAPE(rows, len), &err);
+        int brows = (trial & 1) ? 1 : rows; /* broadcast one row on odd trials */
+        nq_tensor_init(&x2, NQ_DT_F32, 2, NQ_SHAPE(brows, len), &err);
+        nq_tensor_init(&g, NQ_DT_F32, 1, NQ_SHAPE(len), &err);
+        nq_tensor_init(&bt, NQ_DT_F32, 1, NQ_SHAPE(len), &err);
+        nq_tensor_init(&pos, NQ_DT_I32, 1, NQ_SHAPE(rows), &err);
+        nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(rows, len), &err);
+        nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(rows, len), &err);
+        fill(&x, 4), fill(&x2, 2), fill(&g, 1), fill(&bt, 1);
+        for (int r = 0; r < rows; r++) ((int32_t *)pos.data)[r] = irand(0, 2000);
+        nq_op_desc_t d = {.op = ops[o], .src = {&x}};
+        switch (ops[o]) {
+          case NQ_OP_RMSNORM: d.src[1] = (trial & 2) ? NULL : &g, d.f[0] = 1e-5f; break;
+          case NQ_OP_LAYERNORM: d.src[1] = &g, d.src[2] = (trial & 2) ? NULL : &bt, d.f[0] = 1e-5f; break;
+          case NQ_OP_SOFTMAX: d.f[0] = 0.37f; break;
+          case NQ_OP_ADD:
+          case NQ_OP_MUL:
+          case NQ_OP_SWIGLU: d.src[1] = &x2; break;
+          case NQ_OP_ROPE:
+            d.src[1] = &pos, d.f[0] = 10000.0f, d.i[0] = hd, d.i[1] = trial % 2, d.i[2] = (trial & 2) ? hd / 2 * 2 : hd;
+            if (d.i[2] % 2) d.i[2]--;
+            if (d.i[2] <= 0) d.i[2] = 2;
+            break;
+          default: break;
+        }
+        double r = run_pair(be, ref, &d, &y1, &y2);
+        if (r >= 0) {
+          ran++;
+          cr_expect_leq(r, 1e-6, "%s on %s rows %d len %d: rel_l2 %g", nq_op_name(ops[o]), k_backends[b], rows, len, r);
+        }
+        nq_tensor_deinit(&x), nq_tensor_deinit(&x2), nq_tensor_deinit(&g), nq_tensor_deinit(&bt),
+            nq_tensor_deinit(&pos), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
+      }
+    nq_backend_free(be);
+  }
+  cr_assert_gt(ran, 50);
+  nq_backend_free(ref);
+}
+
+Test(compute_ops, attention_embed_all_backends) {
+  nq_err_t err = {0};
+  nq_backend_t *ref = nq_backend_ref_new(&err);
+  int ran = 0;
+  for (size_t b = 0; b < sizeof k_backends / sizeof *k_backends; b++) {
+    nq_backend_t *be = nq_backend_new_by_name(k_backends[b], NULL, &err);
+    if (!be) continue;
+    for (int trial = 0; trial < 8; trial++) {
+      int KV = irand(1, 3), group = irand(1, 3), H = KV * group, hd = irand(1, 24), T = irand(1, 9),
+          pos0 = irand(0, 20), causal = trial % 3 != 2, S = pos0 + T + (causal ? 0 : irand(0, 5));
+      nq_tensor_t q, k, v, y1, y2;
+      nq_tensor_init(&q, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+      nq_tensor_init(&k, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
+      nq_tensor_init(&v, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
+      nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+      nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+      fill(&q, 2), fill(&k, 2), fill(&v, 1);
+      nq_op_desc_t d = {.op = NQ_OP_ATTENTION, .src = {&q, &k, &v}, .f = {1.0f / sqrtf((float)hd)},
+                        .i = {H, KV, pos0, causal}};
+      double r = run_pair(be, ref, &d, &y1, &y2);
+      if (r >= 0) {
+        ran++;
+        cr_expect_leq(r, 1e-6, "attention on %s: %g", k_backends[b], r);
+      }
+      nq_tensor_deinit(&q), nq_tensor_deinit(&k), nq_tensor_deinit(&v), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
+    }
+    nq_dtype_t dts[] = {NQ_DT_F32, NQ_DT_BF16, NQ_DT_F16};
+    for (int t = 0; t < 3; t++) {
+      int V = irand(2, 50), D = irand(1, 70), T = irand(1, 12);
+      nq_tensor_t tab, ids, y1, y2;
+      nq_tensor_init(&tab, dts[t], 2, NQ_SHAPE(V, D), &err);
+      nq_tensor_init(&ids, NQ_DT_I32, 1, NQ_SHAPE(T), &err);
+      nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(T, D), &err);
+      nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(T, D), &err);
+      fill(&tab, 1);
+      for (int i = 0; i < T; i++) ((int32_t *)ids.data)[i] = irand(0, V - 1);
+      nq_op_desc_t d = {.op = NQ_OP_EMBED, .src = {&tab, &ids}};
+      double r = run_pair(be, ref, &d, &y1, &y2);
+      if (r >= 0) {
+        ran++;
+        cr_expect_eq(r, 0.0, "embed %s on %s: %g", nq_dtype_name(dts[t]), k_backends[b], r);
+      }
+      nq_tensor_deinit(&tab), nq_tensor_deinit(&ids), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
+    }
+    nq_backend_free(be);
+  }
+  cr_assert_gt(ran, 8);
+  nq_backend_free(ref);
+}
+
+/* The reference itself against closed forms, so the comparisons above are anchored. */
+Test(compute_ops, reference_closed_forms) {
+  nq_err_t err = {0};
+  nq_exec_t *ex = nq_exec_new("ref", NULL, &err);
+  cr_assert(ex, "%s", err.msg);
+  float xv[4] = {1, -2, 3, 0.5f}, yv[4];
+  nq_tensor_t x, y;
+  nq_tensor_init_borrowed(&x, NQ_DT_F32, 2, NQ_SHAPE(1, 4), xv);
+  nq_tensor_init_borrowed(&y, NQ_DT_F32, 2, NQ_SHAPE(1, 4), yv);
+  cr_assert_eq(nq_op_rmsnorm(ex, &y, &x, NULL, 0.0f, &err), 0);
+  float rms = sqrtf((1 + 4 + 9 + 0.25f) / 4);
+  for (int i = 0; i < 4; i++) cr_expect_float_eq(yv[i], xv[i] / rms, 1e-6);
+  cr_assert_eq(nq_op_unary(ex, NQ_OP_GELU, &y, &x, &err), 0);
+  cr_expect_float_eq(yv[0], 0.8413447460685429f, 1e-6); /* 1 * Phi(1) */
+  cr_expect_float_eq(yv[1], -0.04550026389635842f, 1e-6);
+  cr_assert_eq(nq_op_unary(ex, NQ_OP_GELU_TANH, &y, &x, &err), 0);
+  cr_expect_float_eq(yv[0], 0.8411919906082768f, 1e-6);
+  cr_assert_eq(nq_op_unary(ex, NQ_OP_QUICK_GELU, &y, &x, &err), 0);
+  cr_expect_float_eq(yv[0], 1.0f / (1.0f + expf(-1.702f)), 1e-6);
+  cr_assert_eq(nq_op_softmax(ex, &y, &x, 1.0f, &err), 0);
+  double s = exp(1) + exp(-2) + exp(3) + exp(0.5);
+  cr_expect_float_eq(yv[2], exp(3) / s, 1e-6);
+  /* rope: position 1, head_dim 4: interleaved pairs (0,1),(2,3) with freqs 1, 1/100 */
+  int32_t pv = 1;
+  nq_tensor_t pos;
+  nq_tensor_init_borrowed(&pos, NQ_DT_I32, 1, NQ_SHAPE(1), &pv);
+  cr_assert_eq(nq_op_rope(ex, &y, &x, &pos, 4, 4, NQ_ROPE_INTERLEAVED, 10000.0f, &err), 0);
+  cr_expect_float_eq(yv[0], 1 * cosf(1) - (-2) * sinf(1), 1e-6);
+  cr_expect_float_eq(yv[3], 3 * sinf(0.01f) + 0.5f * cosf(0.01f), 1e-6);
+  cr_assert_eq(nq_op_rope(ex, &y, &x, &pos, 4, 4, NQ_ROPE_HALF, 10000.0f, &err), 0);
+  cr_expect_float_eq(yv[0], 1 * cosf(1) - 3 * sinf(1), 1e-6);  /* pair (0, 2) */
+  cr_expect_float_eq(yv[3], 0.5f * cosf(0.01f) + (-2) * sinf(0.01f), 1e-6); /* pair (1, 3) */
+  /* shape errors are reported, not asserted */
+  nq_tensor_t bad;
+  float bv[3];
+  nq_tensor_init_borrowed(&bad, NQ_DT_F32, 2, NQ_SHAPE(1, 3), bv);
+  cr_expect_eq(nq_op_rmsnorm(ex, &bad, &x, NULL, 1e-5f, &err), NQ_ESHAPE);
+  nq_exec_free(ex);
+}
