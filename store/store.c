@@ -251,19 +251,28 @@ int nq_store_resolve(nq_store_t *st, const char *uri, char *path, size_t cap, nq
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* lifecycle                                                                                                         */
 
+/* mkdir -p. Returns 1 when the last directory was created now (so it holds nothing yet), 0 when it existed, or a
+ * negative error. The common cases (parent exists / directory exists) cost one syscall. */
 static int nq_store__mkdirs(char *path /* modified and restored */, nq_err_t *err) {
-  size_t n = strlen(path);
-  for (size_t i = 1; i <= n; i++) {
-    if (path[i] != '/' && path[i] != 0) continue;
-    char c = path[i];
-    path[i] = 0;
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-      int e = errno;
-      nq_store__errno(err, e, "mkdir", path);
+  if (mkdir(path, 0755) == 0) return 1;
+  if (errno != ENOENT && errno != EEXIST) return nq_store__errno(err, errno, "mkdir", path);
+  int created = 0;
+  if (errno == ENOENT) {
+    size_t n = strlen(path);
+    for (size_t i = 1; i <= n; i++) {
+      if (path[i] != '/' && path[i] != 0) continue;
+      char c = path[i];
+      path[i] = 0;
+      created = mkdir(path, 0755) == 0;
+      if (!created && errno != EEXIST) {
+        int e = errno;
+        nq_store__errno(err, e, "mkdir", path);
+        path[i] = c;
+        return err ? err->code : (e == ENOENT ? NQ_ENOENT : NQ_EIO);
+      }
       path[i] = c;
-      return err ? err->code : (e == ENOENT ? NQ_ENOENT : NQ_EIO);
     }
-    path[i] = c;
+    if (created) return 1;
   }
   struct stat sb;
   if (stat(path, &sb) != 0) return nq_store__errno(err, errno, "stat", path);
@@ -289,7 +298,7 @@ static int nq_store__root(const char *given, int create, char **lex, char **real
   if (stat(norm, &sb) != 0) {
     if (!create)
       return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "store: %s %s: %s", what, norm, strerror(errno));
-    if ((rc = nq_store__mkdirs(norm, err))) {
+    if ((rc = nq_store__mkdirs(norm, err)) < 0) {
       if (err) err->code = NQ_ECONFIG, err->flags = NQ_ERR_FATAL;
       return NQ_ECONFIG;
     }
@@ -425,16 +434,17 @@ static void nq_store__sweep_stale(const char *dir, const char *name) {
   closedir(d);
 }
 
-int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, nq_store_obj_t *obj, nq_err_t *err) {
+/* Write data to a fresh temp file next to uri's final path. With `sync`, the temp file is fsynced. Fills tmp and path
+ * (both PATH_MAX) and *obj (uri; sha256/bytes/type once written). */
+static int nq_store__stage(nq_store_t *st, const char *uri, const void *data, size_t len, int sync, char *tmp, char *path,
+                           char *dir, nq_store_obj_t *obj, nq_err_t *err) {
   NQ_ASSERT(st && (data || len == 0));
   if (obj) memset(obj, 0, sizeof *obj);
-  char path[PATH_MAX];
-  int rc = nq_store_resolve(st, uri, path, sizeof path, err);
+  int rc = nq_store_resolve(st, uri, path, PATH_MAX, err);
   if (rc) return rc;
   size_t ul = strlen(uri);
   if (uri[ul - 1] == '/' || strcmp(path, "/") == 0 || strcmp(path, ".") == 0)
     return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: put '%.200s': URI names a directory", uri);
-  char dir[PATH_MAX];
   const char *name;
   char *slash = strrchr(path, '/');
   if (!slash) {
@@ -447,18 +457,18 @@ int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, 
     dir[dl] = 0;
     name = slash + 1;
   }
-  if ((rc = nq_store__mkdirs(dir, err))) return nq_err_prefix(err, "put '%.200s'", uri);
+  int fresh = nq_store__mkdirs(dir, err);
+  if (fresh < 0) return nq_err_prefix(err, "put '%.200s'", uri);
   /* A symlink could have appeared among the parents while we created them: re-check before writing. */
   const char *root_real = nq_store__scheme(uri) == 2 ? st->s3_root_real : st->file_root_real;
   if (root_real && (rc = nq_store__symlink_check(dir, root_real, uri, err))) return rc;
 
   if (obj && (rc = nq_store__obj_uri(uri, path, obj->uri, sizeof obj->uri, err))) return rc; /* before writing */
-  nq_store__sweep_stale(dir, name);
-  char tmp[PATH_MAX];
+  if (!fresh) nq_store__sweep_stale(dir, name); /* a directory created just now holds no leftovers */
   unsigned long cnt = atomic_fetch_add(&nq_store__tmp_counter, 1);
-  int n = snprintf(tmp, sizeof tmp, "%s/.%.180s.tmp.%s.%ld.%ld.%lu", dir, name, nq_store__host(), (long)getpid(),
+  int n = snprintf(tmp, PATH_MAX, "%s/.%.180s.tmp.%s.%ld.%ld.%lu", dir, name, nq_store__host(), (long)getpid(),
                    (long)syscall(SYS_gettid), cnt);
-  if (n < 0 || (size_t)n >= sizeof tmp) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: temp path for '%.200s' too long", uri);
+  if (n < 0 || n >= PATH_MAX) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: temp path for '%.200s' too long", uri);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) return nq_store__errno(err, errno, "create", tmp);
   const unsigned char *p = data;
@@ -473,7 +483,7 @@ int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, 
     p += w;
     left -= (size_t)w;
   }
-  if (fsync(fd) != 0) {
+  if (sync && fsync(fd) != 0) {
     rc = nq_store__errno(err, errno, "fsync", tmp);
     goto fail;
   }
@@ -482,15 +492,12 @@ int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, 
     rc = nq_store__errno(err, errno, "close", tmp);
     goto fail;
   }
-  fd = -1;
-  if (rename(tmp, path) != 0) {
-    rc = nq_store__errno(err, errno, "rename to", path);
-    goto fail;
-  }
-  if ((rc = nq_store__fsync_dir(dir, err))) return rc;
   if (obj) {
-    if ((rc = nq_sha256_hex(data, len, obj->sha256)))
-      return nq_err_set(err, rc, NQ_ERR_RETRIABLE, "store: sha256 of '%.200s' failed", uri);
+    if ((rc = nq_sha256_hex(data, len, obj->sha256))) {
+      rc = nq_err_set(err, rc, NQ_ERR_RETRIABLE, "store: sha256 of '%.200s' failed", uri);
+      fd = -1;
+      goto fail;
+    }
     obj->bytes = len;
     snprintf(obj->type, sizeof obj->type, "%s", nq_store_type_guess(name));
   }
@@ -499,6 +506,115 @@ fail:
   if (fd >= 0) close(fd);
   unlink(tmp);
   return rc;
+}
+
+int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, nq_store_obj_t *obj, nq_err_t *err) {
+  char tmp[PATH_MAX], path[PATH_MAX], dir[PATH_MAX];
+  int rc = nq_store__stage(st, uri, data, len, 1, tmp, path, dir, obj, err);
+  if (rc) return rc;
+  if (rename(tmp, path) != 0) {
+    rc = nq_store__errno(err, errno, "rename to", path);
+    unlink(tmp);
+    return rc;
+  }
+  return nq_store__fsync_dir(dir, err);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* batches: group commit                                                                                             */
+
+typedef struct nq_store__staged {
+  char *tmp, *path; /* owned */
+  dev_t dev;
+} nq_store__staged_t;
+
+struct nq_store_batch {
+  nq_store_t *st;               /* borrowed */
+  nq_store__staged_t *items;    /* owned [n] */
+  size_t n, cap;
+};
+
+nq_store_batch_t *nq_store_batch_new(nq_store_t *st) {
+  nq_store_batch_t *b = calloc(1, sizeof *b);
+  if (b) b->st = st;
+  return b;
+}
+
+int nq_store_batch_put(nq_store_batch_t *b, const char *uri, const void *data, size_t len, nq_store_obj_t *obj,
+                       nq_err_t *err) {
+  char tmp[PATH_MAX], path[PATH_MAX], dir[PATH_MAX];
+  if (b->n == b->cap) {
+    size_t nc = b->cap ? b->cap * 2 : 16;
+    nq_store__staged_t *ni = realloc(b->items, nc * sizeof *ni);
+    if (!ni) return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "store: out of memory");
+    b->items = ni;
+    b->cap = nc;
+  }
+  int rc = nq_store__stage(b->st, uri, data, len, 0, tmp, path, dir, obj, err);
+  if (rc) return rc;
+  struct stat stt;
+  nq_store__staged_t *it = &b->items[b->n];
+  it->tmp = strdup(tmp);
+  it->path = strdup(path);
+  it->dev = stat(tmp, &stt) == 0 ? stt.st_dev : 0;
+  if (!it->tmp || !it->path) {
+    unlink(tmp);
+    free(it->tmp);
+    free(it->path);
+    return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "store: out of memory");
+  }
+  b->n++;
+  return 0;
+}
+
+/* syncfs() once per distinct filesystem among the staged files. */
+static int nq_store__syncfs_all(nq_store_batch_t *b, const char *what, nq_err_t *err) {
+  for (size_t i = 0; i < b->n; i++) {
+    int seen = 0;
+    for (size_t j = 0; j < i && !seen; j++) seen = b->items[j].dev == b->items[i].dev;
+    if (seen) continue;
+    const char *p = strcmp(what, "data") == 0 ? b->items[i].tmp : b->items[i].path;
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return nq_store__errno(err, errno, "open for syncfs", p);
+    int rc = syncfs(fd) != 0 ? nq_store__errno(err, errno, "syncfs", p) : 0;
+    close(fd);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static void nq_store__batch_clear(nq_store_batch_t *b, int unlink_tmp) {
+  for (size_t i = 0; i < b->n; i++) {
+    if (unlink_tmp) unlink(b->items[i].tmp);
+    free(b->items[i].tmp);
+    free(b->items[i].path);
+  }
+  b->n = 0;
+}
+
+int nq_store_batch_commit(nq_store_batch_t *b, nq_err_t *err) {
+  if (b->n == 0) return 0;
+  /* 1. every staged file's data reaches stable storage, 2. then the names appear (rename is atomic), 3. then the
+   * directory entries are made durable. A reader never sees a partial file, even after a power loss. */
+  int rc = nq_store__syncfs_all(b, "data", err);
+  for (size_t i = 0; !rc && i < b->n; i++)
+    if (rename(b->items[i].tmp, b->items[i].path) != 0) rc = nq_store__errno(err, errno, "rename to", b->items[i].path);
+  if (!rc) rc = nq_store__syncfs_all(b, "names", err);
+  nq_store__batch_clear(b, rc != 0);
+  return rc;
+}
+
+void nq_store_batch_abort(nq_store_batch_t *b) {
+  if (b) nq_store__batch_clear(b, 1);
+}
+
+size_t nq_store_batch_count(const nq_store_batch_t *b) { return b ? b->n : 0; }
+
+void nq_store_batch_free(nq_store_batch_t *b) {
+  if (!b) return;
+  nq_store__batch_clear(b, 1);
+  free(b->items);
+  free(b);
 }
 
 int nq_store_get(nq_store_t *st, const char *uri, void **data, size_t *len, nq_err_t *err) {

@@ -62,7 +62,7 @@ int nq_task_put(nq_task_ctx_t *t, const char *name, const void *data, size_t len
   char uri[NQ_STORE_URI_MAX + 1];
   nq_store_obj_t obj;
   int rc = nq_store_join(t->env->output, name, uri, sizeof uri, err);
-  if (!rc) rc = nq_store_put(t->store, uri, data, len, &obj, err);
+  if (!rc) rc = t->batch ? nq_store_batch_put(t->batch, uri, data, len, &obj, err) : nq_store_put(t->store, uri, data, len, &obj, err);
   if (rc) return rc;
   json_array_append_new(t->outputs, json_pack("{s:s,s:s,s:I,s:s}", "uri", obj.uri, "sha256", obj.sha256, "bytes",
                                               (json_int_t)obj.bytes, "type", obj.type));
@@ -165,30 +165,9 @@ static int publish_next(worker_t *w, const nq_envelope_t *env, json_t *outputs, 
   return rc;
 }
 
-static void finish_task(worker_t *w, const char *group, const nq_delivery_t *d, nq_task_ctx_t *t, int attempt,
-                        long long ms) {
+static void finish_failed(worker_t *w, const char *group, const nq_delivery_t *d, nq_task_ctx_t *t, int attempt) {
   const nq_envelope_t *env = t->env;
   nq_err_t err = {0};
-  json_t *metrics = json_object_get(t->result, "metrics");
-  if (!json_is_object(metrics)) {
-    metrics = json_object();
-    json_object_set_new(t->result, "metrics", metrics);
-  }
-  json_object_set_new(metrics, "ms", json_integer(ms));
-  if (t->rc == 0) {
-    int rc;
-    if (json_array_size(env->next) > 0) rc = publish_next(w, env, t->outputs, t->result, &err);
-    else rc = publish_terminal(w, env, env->job, env->task, env->stage, "ok", attempt, t->outputs, t->result, NULL, &err);
-    if (rc) { /* could not report: let the lease expire / retry soon; outputs are idempotent */
-      NQ_WARN("worker", "task %s: reporting failed: %s; releasing for retry", env->task, err.msg);
-      nq_err_t e2 = {0};
-      nq_queue_nack(w->o->queue, group, d, w->o->backoff_base_ms, NULL, &e2);
-      return;
-    }
-    ack(w, group, d);
-    stat_add(w, &w->stats.ok, 1);
-    return;
-  }
   int fatal = nq_err_is_fatal(&t->err);
   if (!fatal && attempt < env->max_attempts) {
     int delay = nq_queue_backoff_ms(attempt, w->o->backoff_base_ms, w->o->backoff_max_ms);
@@ -217,9 +196,83 @@ static void finish_task(worker_t *w, const char *group, const nq_delivery_t *d, 
   stat_add(w, &w->stats.dead, 1);
 }
 
+static void set_ms(nq_task_ctx_t *t, long long ms) {
+  json_t *metrics = json_object_get(t->result, "metrics");
+  if (!json_is_object(metrics)) {
+    metrics = json_object();
+    json_object_set_new(t->result, "metrics", metrics);
+  }
+  json_object_set_new(metrics, "ms", json_integer(ms));
+}
+
+/* Successful tasks of one run_batch: follow-up stages are published and acked one by one; terminal ones are
+ * reported together with one complete_batch (result + job_mark + ack per task, one round trip). */
+static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, const int *map, nq_task_ctx_t *t,
+                            const int *attempts, int k) {
+  nq_completion_t *items = calloc((size_t)k, sizeof *items);
+  char **bodies = calloc((size_t)k, sizeof *bodies);
+  int *from = calloc((size_t)k, sizeof *from), m = 0;
+  nq_err_t err = {0};
+  for (int j = 0; items && bodies && from && j < k; j++) {
+    const nq_envelope_t *env = t[j].env;
+    const nq_delivery_t *d = &ds[map[j]];
+    if (json_array_size(env->next) > 0) {
+      if (publish_next(w, env, t[j].outputs, t[j].result, &err) != 0) {
+        NQ_WARN("worker", "task %s: next stage: %s; releasing for retry", env->task, err.msg);
+        nq_err_t e2 = {0};
+        nq_queue_nack(w->o->queue, group, d, w->o->backoff_base_ms, NULL, &e2);
+        continue;
+      }
+      ack(w, group, d);
+      stat_add(w, &w->stats.ok, 1);
+      continue;
+    }
+    json_t *r = json_pack("{s:i,s:s,s:s,s:s,s:s,s:i,s:O}", "v", 1, "job", env->job, "task", env->task, "stage", env->stage,
+                          "status", "ok", "attempts", attempts[j], "outputs", t[j].outputs);
+    json_object_update_missing(r, t[j].result);
+    bodies[m] = json_dumps(r, JSON_COMPACT);
+    json_decref(r);
+    items[m] = (nq_completion_t){.d = d, .job = env->job, .task = env->task, .status = "ok", .result = bodies[m]};
+    from[m++] = j;
+  }
+  if (m > 0) {
+    nq_job_counts_t *counts = calloc((size_t)m, sizeof *counts);
+    int *changed = calloc((size_t)m, sizeof *changed);
+    int rc = -1;
+    for (int tries = 0; tries < 3 && rc != 0; tries++) {
+      rc = nq_queue_complete_batch(w->o->queue, group, items, m, counts, changed, &err);
+      if (rc) {
+        NQ_WARN("worker", "completing %d task(s): %s (retrying)", m, err.msg);
+        usleep(200000u << tries);
+      }
+    }
+    if (rc) { /* not reported: leases expire and the tasks run again (outputs are idempotent) */
+      NQ_ERROR("worker", "could not report %d finished task(s): %s; they will be redelivered", m, err.msg);
+    } else {
+      stat_add(w, &w->stats.ok, m);
+      stat_add(w, &w->stats.acks, m);
+      for (int i = 0; i < m; i++) {
+        if (!changed[i] || !nq_job_counts_complete(&counts[i])) continue;
+        nq_err_t ferr = {0};
+        int complete = 0;
+        if (nq_sched_finalize(w->o->queue, w->o->store, items[i].job, &complete, &ferr) != 0)
+          NQ_WARN("worker", "job %s: manifest: %s", items[i].job, ferr.msg); /* `nextq wait` finalizes again */
+        else if (complete)
+          NQ_INFO("worker", "job %s complete: %lld ok, %lld dead", items[i].job, counts[i].ok, counts[i].dead);
+      }
+    }
+    free(counts);
+    free(changed);
+  }
+  for (int i = 0; i < m; i++) free(bodies[i]);
+  free(items);
+  free(bodies);
+  free(from);
+}
+
 /* ---- processing a fetched batch of one stage ---- */
 
-static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, int n) {
+static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, int n, nq_store_batch_t *sbatch) {
   const nq_stage_t *st = w->stages[si];
   nq_envelope_t *envs = calloc((size_t)n, sizeof *envs);
   nq_task_ctx_t *ctx = calloc((size_t)n, sizeof *ctx);
@@ -263,13 +316,36 @@ static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, i
   for (int off = 0; off < m; off += mb) {
     int k = m - off < mb ? m - off : mb;
     long long t0 = now_ms();
+    for (int j = off; j < off + k; j++) ctx[j].batch = sbatch;
     nq_log_set_context(ctx[off].env->job, ctx[off].env->task, ctx[off].env->trace);
     st->run_batch(w->state[si], ctx + off, k);
     long long ms = now_ms() - t0;
+    /* group commit of every output of the batch before anything is reported */
+    nq_err_t cerr = {0};
+    if (sbatch && nq_store_batch_commit(sbatch, &cerr) != 0) {
+      for (int j = off; j < off + k; j++)
+        if (ctx[j].rc == 0) nq_task_fail(&ctx[j], cerr.code, NQ_ERR_RETRIABLE, "store commit: %s", cerr.msg);
+    }
+    int *okmap = calloc((size_t)k, sizeof *okmap), *okatt = calloc((size_t)k, sizeof *okatt), nok = 0;
+    nq_task_ctx_t *okctx = calloc((size_t)k, sizeof *okctx);
     for (int j = off; j < off + k; j++) {
       nq_log_set_context(ctx[j].env->job, ctx[j].env->task, ctx[j].env->trace);
-      finish_task(w, group, &ds[map[j]], &ctx[j], attempts[j], ms);
+      set_ms(&ctx[j], ms);
+      if (ctx[j].rc == 0 && okmap && okatt && okctx) {
+        okmap[nok] = map[j];
+        okatt[nok] = attempts[j];
+        okctx[nok++] = ctx[j]; /* shallow: ctx[j] keeps ownership */
+      } else if (ctx[j].rc == 0) {
+        nq_task_fail(&ctx[j], NQ_ENOMEM, NQ_ERR_RETRIABLE, "worker: out of memory");
+        finish_failed(w, group, &ds[map[j]], &ctx[j], attempts[j]);
+      } else {
+        finish_failed(w, group, &ds[map[j]], &ctx[j], attempts[j]);
+      }
     }
+    if (nok) finish_ok_group(w, group, ds, okmap, okctx, okatt, nok);
+    free(okmap);
+    free(okatt);
+    free(okctx);
     nq_log_set_context(NULL, NULL, NULL);
   }
   for (int j = 0; j < m; j++) {
@@ -291,6 +367,7 @@ static void *task_thread(void *arg) {
   int ns = o->nstages;
   long long last_work = now_ms();
   int si = ta->idx % ns;
+  nq_store_batch_t *sbatch = nq_store_batch_new(o->store); /* this thread's group commit */
   while (!*o->stop) {
     const nq_stage_t *st = w->stages[si];
     char t1[160], t2[160], group[128];
@@ -316,7 +393,7 @@ static void *task_thread(void *arg) {
         w->inflight = &nodes[i];
       }
       pthread_mutex_unlock(&w->mu);
-      process(w, si, group, ds, n);
+      process(w, si, group, ds, n, sbatch);
       pthread_mutex_lock(&w->mu);
       for (inflight_t **pp = &w->inflight; *pp;) {
         if (nodes && *pp >= nodes && *pp < nodes + n) *pp = (*pp)->next;
@@ -332,6 +409,7 @@ static void *task_thread(void *arg) {
       if (o->exit_when_idle && now_ms() - last_work > o->idle_ms) break;
     }
   }
+  nq_store_batch_free(sbatch);
   pthread_mutex_lock(&w->mu);
   w->running--;
   pthread_cond_broadcast(&w->cv);

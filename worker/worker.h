@@ -28,6 +28,8 @@
 typedef struct nq_task_ctx {
   const nq_envelope_t *env;  /* borrowed: the task */
   nq_store_t *store;         /* borrowed */
+  nq_store_batch_t *batch;   /* borrowed: puts are staged here and committed (group commit) before the task is
+                                reported; NULL = each put is durable on its own */
   json_t *outputs;           /* owned by the worker: array the stage appends to via nq_task_put */
   json_t *result;            /* owned by the worker: object; stages may set "text", "metrics", other fields */
   nq_err_t err;              /* OUT: set by the stage when rc != 0 */

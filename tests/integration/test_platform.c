@@ -212,7 +212,7 @@ TestSuite(redis_e2e, .init = setup_redis, .fini = teardown, .timeout = 240);
 
 Test(redis_e2e, thousand_tasks_three_workers_one_killed) {
   write_prompts(1000);
-  write_job("job.yaml", "batch_size: 1\n");
+  write_job("job.yaml", "batch_size: 1\nparams: {sleep_ms: 10}\n"); /* long enough to kill a worker mid-run */
   pid_t w[3];
   for (int i = 0; i < 3; i++) w[i] = start_worker(NULL, NULL);
   char path[300], job[256];

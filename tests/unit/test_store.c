@@ -405,3 +405,52 @@ Test(store, manifest_and_success, .init = setup, .fini = teardown) {
   cr_assert_eq(nq_store_success_write(st, "file:///etc", &err), NQ_EKEY, "outside the root");
   nq_store_free(st);
 }
+
+Test(store, batch_group_commit, .init = setup, .fini = teardown) {
+  nq_store_t *st = mkstore(NULL, NULL);
+  nq_err_t err = {0};
+  nq_store_batch_t *b = nq_store_batch_new(st);
+  nq_store_obj_t o1, o2;
+  char u1[PATH_MAX], u2[PATH_MAX];
+  sfmt(u1, sizeof u1, "file://%s/j/000001/out.json", g_tmp);
+  sfmt(u2, sizeof u2, "file://%s/j/000002/out.json", g_tmp);
+  cr_assert_eq(nq_store_batch_put(b, u1, "abc", 3, &o1, &err), 0, "%s", err.msg);
+  cr_assert_eq(nq_store_batch_put(b, u2, "xyz!", 4, &o2, &err), 0, "%s", err.msg);
+  cr_assert_eq(nq_store_batch_count(b), 2);
+  /* staged objects are invisible until commit */
+  cr_assert_eq(nq_store_exists(st, u1), 0);
+  cr_assert_eq(count_tmp(tp("j/000001")), 1);
+  cr_assert_str_eq(o1.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"); /* FIPS 180-2 "abc" */
+  cr_assert_eq(nq_store_batch_commit(b, &err), 0, "%s", err.msg);
+  cr_assert_eq(nq_store_batch_count(b), 0);
+  cr_assert_str_eq(read_all(tp("j/000001/out.json")), "abc"); /* read_all returns a static buffer */
+  cr_assert_str_eq(read_all(tp("j/000002/out.json")), "xyz!");
+  cr_assert_eq(count_tmp(tp("j/000001")), 0);
+  /* abort removes staged temps and leaves the committed object alone */
+  cr_assert_eq(nq_store_batch_put(b, u1, "NEW", 3, NULL, &err), 0);
+  nq_store_batch_abort(b);
+  cr_assert_eq(count_tmp(tp("j/000001")), 0);
+  cr_assert_str_eq(read_all(tp("j/000001/out.json")), "abc");
+  nq_store_batch_free(b);
+  nq_store_free(st);
+}
+
+Test(store, stale_temp_of_dead_writer_is_swept, .init = setup, .fini = teardown) {
+  nq_store_t *st = mkstore(NULL, NULL);
+  nq_err_t err = {0};
+  char u[PATH_MAX], host[64] = "", stale[PATH_MAX], live[PATH_MAX];
+  sfmt(u, sizeof u, "file://%s/t/out.json", g_tmp);
+  cr_assert_eq(nq_store_put(st, u, "1", 1, NULL, &err), 0);
+  gethostname(host, sizeof host - 1);
+  for (char *p = host; *p; p++)
+    if (*p == '.' || *p == '/') *p = '_';
+  /* a writer killed mid-put (pid that cannot exist) and one that is alive (us) */
+  sfmt(stale, sizeof stale, "%s/t/.out.json.tmp.%s.%d.1.1", g_tmp, host, 999999999);
+  sfmt(live, sizeof live, "%s/t/.out.json.tmp.%s.%d.1.2", g_tmp, host, (int)getpid());
+  write_file(stale, "half");
+  write_file(live, "in progress");
+  cr_assert_eq(nq_store_put(st, u, "2", 1, NULL, &err), 0);
+  cr_assert_neq(access(stale, F_OK), 0, "stale temp of a dead writer was not removed");
+  cr_assert_eq(access(live, F_OK), 0, "temp of a live writer was removed");
+  nq_store_free(st);
+}
