@@ -113,7 +113,17 @@ typedef struct submit_state {
   char job_out[2048];   /* output URI of the job, ends with '/' */
   long long ntasks, bad;
   json_t *batch;        /* owned: pending records of the current task */
+  char *bodies[256];    /* owned: envelopes not yet published (sent with one publish_batch) */
+  size_t lens[256];
+  int npend;
 } submit_state_t;
+
+static int flush_pending(submit_state_t *s, nq_err_t *err) {
+  int rc = s->npend ? nq_queue_publish_batch(s->q, s->topic, (const char *const *)s->bodies, s->lens, s->npend, err) : 0;
+  for (int i = 0; i < s->npend; i++) free(s->bodies[i]);
+  s->npend = 0;
+  return rc;
+}
 
 static int publish_task(submit_state_t *s, nq_err_t *err) {
   if (json_array_size(s->batch) == 0) return 0;
@@ -132,9 +142,9 @@ static int publish_task(submit_state_t *s, nq_err_t *err) {
   char *body = nq_envelope_dump(&env);
   nq_envelope_deinit(&env);
   if (!body) return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "out of memory");
-  rc = nq_queue_publish(s->q, s->topic, body, strlen(body), err);
-  free(body);
-  if (rc) return rc;
+  s->bodies[s->npend] = body;
+  s->lens[s->npend++] = strlen(body);
+  if (s->npend == (int)(sizeof s->bodies / sizeof *s->bodies) && (rc = flush_pending(s, err))) return rc;
   s->ntasks++;
   json_array_clear(s->batch);
   return 0;
@@ -209,6 +219,8 @@ int nq_sched_submit(nq_queue_t *q, nq_store_t *st, const nq_job_spec_t *spec, ch
     if (cb && s.ntasks % 1000 == 0) cb(ud, s.ntasks, s.bad);
   }
   if (!rc) rc = publish_task(&s, err);
+  if (!rc) rc = flush_pending(&s, err);
+  for (int i = 0; i < s.npend; i++) free(s.bodies[i]);
   nq_ds_free(ds);
   json_decref(s.batch);
   if (rc) return rc;
