@@ -55,6 +55,28 @@ int nq_op_attention(nq_exec_t *ex, nq_tensor_t *out, const nq_tensor_t *q, const
                     const nq_tensor_t *v_cache, int n_heads, int n_kv_heads, int64_t pos0, int causal,
                     float scale, nq_err_t *err);
 
+/* ---- vision / diffusion ops (NCHW, F32 activations; weights F32/BF16/F16) -------------------------------------
+ * Implemented by compute/core + backends (reference always; oneDNN for conv). Declared here first so model files
+ * (unet2d, vae, taesd, imagebind, hifigan) can be written against them. */
+
+/* 2-d convolution: x [N,Cin,H,W], w [Cout,Cin/groups,kh,kw], bias [Cout] or NULL -> y [N,Cout,Ho,Wo],
+ * Ho = (H + 2*pad_h - dil_h*(kh-1) - 1)/stride_h + 1 (same for W). */
+int nq_op_conv2d(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *w, const nq_tensor_t *bias,
+                 int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, nq_err_t *err);
+/* 1-d convolution: x [N,Cin,L], w [Cout,Cin/groups,k] -> y [N,Cout,Lo]. */
+int nq_op_conv1d(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *w, const nq_tensor_t *bias,
+                 int stride, int pad, int dil, int groups, nq_err_t *err);
+/* 1-d transposed convolution (PyTorch ConvTranspose1d): x [N,Cin,L], w [Cin,Cout/groups,k] -> y [N,Cout,Lo],
+ * Lo = (L-1)*stride - 2*pad + dil*(k-1) + output_padding + 1. */
+int nq_op_conv_transpose1d(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *w,
+                           const nq_tensor_t *bias, int stride, int pad, int output_padding, int dil, int groups,
+                           nq_err_t *err);
+/* GroupNorm over x [N,C,*] (any trailing dims): groups divides C; gamma/beta [C] or NULL. */
+int nq_op_groupnorm(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *gamma,
+                    const nq_tensor_t *beta, int groups, float eps, nq_err_t *err);
+/* Nearest-neighbour upsampling by an integer factor: x [N,C,H,W] -> y [N,C,H*f,W*f]. */
+int nq_op_upsample_nearest(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, int factor, nq_err_t *err);
+
 /* Shape validation shared by backends (returns 0 or NQ_ESHAPE with a message). */
 int nq_op_check(const nq_op_desc_t *op, nq_err_t *err);
 
