@@ -165,6 +165,14 @@ static void run_case(const char *cdir, const char *kinds, const char *dtype, int
   const char *cname = strrchr(cdir, '/') + 1;
   int is_pickle = kind && strncmp(kind, "pickle-", 7) == 0;
   int is_model_kind = kind && !strstr(kind, "preprocess") && !strstr(kind, "tokenize") && !is_pickle;
+  int exact_case = json_is_true(json_object_get(json_object_get(c, "tolerance"), "exact"));
+  if (dtype && is_model_kind && exact_case && kind_supported(kinds, kind)) {
+    /* exact ids (greedy decoding) under bf16 weights: the golden margins (e.g. 0.0042 between the top two logits)
+     * are below bf16 precision, so ids may legitimately differ; the logits cases carry the bf16 check. */
+    printf("  skip  %-34s %-18s bf16 (exact ids; margin below bf16 precision)\n", strrchr(cdir, '/') + 1, kind);
+    json_decref(c);
+    return;
+  }
   if (!kind || (is_pickle ? !have_model_cmd : !kind_supported(kinds, kind)) || (dtype && !is_model_kind)) {
     if (!dtype) {
       t->skipped++;
