@@ -792,6 +792,121 @@ static int l_job_counts(nq_queue_t *qq, const char *job, nq_job_counts_t *c, nq_
   return 0;
 }
 
+/* ---------------------------------------------------------------- vtable: batches */
+
+/* All n messages appended under one lock hold: a reader sees none or all of them. */
+static int l_publish_batch(nq_queue_t *qq, const char *topic, const char *const *bodies, const size_t *lens, int n,
+                           nq_err_t *err) {
+  lqueue_t *q = LQ(qq);
+  if (!topic || !*topic || n < 0 || (n > 0 && (!bodies || !lens)))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "local queue publish_batch: empty topic or bad arguments");
+  for (int i = 0; i < n; i++)
+    if (!bodies[i] && lens[i])
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "local queue publish_batch to %s: NULL body at item %d", topic,
+                        i);
+  if (n == 0) return 0;
+  char **b = calloc((size_t)n, sizeof *b);
+  if (!b) return oom(err, "publish_batch");
+  int rc = 0;
+  for (int i = 0; i < n && rc == 0; i++)
+    if (!(b[i] = memdup0(bodies[i] ? bodies[i] : "", lens[i]))) rc = NQ_ENOMEM;
+  if (rc == 0) {
+    pthread_mutex_lock(&q->mu);
+    ltopic_t *t = topic_get(q, topic);
+    if (!t || grow((void **)&t->log, &t->caplog, t->nlog + (size_t)n, sizeof *t->log)) rc = NQ_ENOMEM;
+    for (int i = 0; rc == 0 && i < n; i++) {
+      log_append(q, t, b[i], lens[i]); /* capacity ensured above: cannot fail */
+      b[i] = NULL;
+    }
+    if (rc == 0) pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+  }
+  for (int i = 0; i < n; i++) free(b[i]);
+  free(b);
+  return rc ? oom(err, topic) : 0;
+}
+
+/* One item of complete_batch under q->mu. Everything that can fail (memory) is done before the first change, so
+ * an item is either complete (pending entry gone, result appended, status recorded) or untouched. A delivery that
+ * is no longer pending (acked, nacked, dead-lettered, or completed before) makes the item a no-op: no second result,
+ * no second count. */
+static int complete_one(lqueue_t *q, const char *group, const nq_completion_t *it, int si, nq_job_counts_t *after,
+                        int *changed) {
+  ltopic_t *t;
+  lgroup_t *g;
+  size_t pi = 0;
+  *changed = 0;
+  if (it->d && !pend_of(q, group, it->d, &t, &g, &pi)) {
+    counts_of(job_find(q, it->job), after);
+    return 0;
+  }
+  ljob_t *j = job_get(q, it->job);
+  if (!j || task_reserve(j) || grow((void **)&j->res, &j->capres, j->nres + 1, sizeof *j->res)) return NQ_ENOMEM;
+  ltask_t *s = task_slot(j, it->task);
+  char *b = sdup(it->result), *tk = s->task ? NULL : sdup(it->task);
+  if (!b || (!s->task && !tk)) {
+    free(b);
+    free(tk);
+    return NQ_ENOMEM;
+  }
+  /* commit */
+  if (it->d) pend_remove(g, pi);
+  j->res[j->nres++] = (lresult_t){.seq = ++q->seq, .body = b};
+  if (tk) {
+    s->task = tk;
+    s->status = si;
+    j->ntasks++;
+    j->counts[si]++;
+    *changed = 1;
+  } else if (s->status != si) {
+    j->counts[s->status]--;
+    j->counts[si]++;
+    s->status = si;
+    *changed = 1;
+  }
+  counts_of(j, after);
+  return 0;
+}
+
+static int l_complete_batch(nq_queue_t *qq, const char *group, const nq_completion_t *items, int n,
+                            nq_job_counts_t *counts, int *changed, nq_err_t *err) {
+  lqueue_t *q = LQ(qq);
+  if (n < 0 || (n > 0 && !items))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "local queue complete_batch: bad arguments (n %d)", n);
+  /* validate everything first: a bad item fails the call before any change */
+  for (int i = 0; i < n; i++) {
+    const nq_completion_t *it = &items[i];
+    if (!it->job || !*it->job || !it->task || !*it->task || !it->result)
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "local queue complete_batch: item %d has an empty job/task or "
+                        "NULL result", i);
+    if (status_index(it->status) < 0)
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
+                        "local queue complete_batch: status '%s' of task %s (item %d) is not ok|failed|dead",
+                        it->status ? it->status : "(null)", it->task, i);
+    if (it->d && (!group || !*group || !it->d->id || !it->d->topic))
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
+                        "local queue complete_batch: item %d (task %s): NULL group or delivery fields", i, it->task);
+  }
+  int rc = 0, done = 0;
+  pthread_mutex_lock(&q->mu);
+  for (int i = 0; i < n && rc == 0; i++) {
+    nq_job_counts_t c;
+    int ch = 0;
+    rc = complete_one(q, group, &items[i], status_index(items[i].status), &c, &ch);
+    if (rc) break;
+    if (counts) counts[i] = c;
+    if (changed) changed[i] = ch;
+    done++;
+  }
+  if (done) pthread_cond_broadcast(&q->cv);
+  pthread_mutex_unlock(&q->mu);
+  if (rc)
+    return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE,
+                      "local queue complete_batch: out of memory at item %d of %d (items before it are complete)",
+                      done, n);
+  return 0;
+}
+
 /* ---------------------------------------------------------------- vtable: DLQ */
 
 static int l_dlq_list(nq_queue_t *qq, int max_n, nq_dlq_entry_t **out, int *n_out, nq_err_t *err) {
@@ -935,6 +1050,8 @@ static const nq_queue_i local_vt = {
     .dlq_list = l_dlq_list,
     .dlq_requeue = l_dlq_requeue,
     .dlq_purge = l_dlq_purge,
+    .publish_batch = l_publish_batch,
+    .complete_batch = l_complete_batch,
     .free = l_free,
 };
 

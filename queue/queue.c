@@ -89,7 +89,7 @@ int nq_queue_open(const char *url, const nq_queue_opts_t *opts, nq_queue_t **out
     rc = parse_hostport(url + 8, host, sizeof host, &port, &db, err);
     if (rc == 0) rc = nq_queue_redis_open(host, port, db, opts, out, err);
   } else if (strncmp(url, "kafka://", 8) == 0) {
-    return nq_err_set(err, NQ_EUNSUPPORTED, NQ_ERR_FATAL, "queue url '%s': kafka backend not built", url);
+    rc = nq_queue_kafka_open(url + 8, opts, out, err);
   } else {
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
                       "queue url '%s': unknown scheme (want local://NAME, redis://HOST:PORT[/DB], kafka://BROKERS)",
@@ -169,6 +169,50 @@ int nq_queue_dlq_requeue(nq_queue_t *q, const char *id, int *n, nq_err_t *err) {
   NQ__CALL(q, dlq_requeue, id, n, err);
 }
 int nq_queue_dlq_purge(nq_queue_t *q, int *n, nq_err_t *err) { NQ__CALL(q, dlq_purge, n, err); }
+
+/* Batched forms: the backend's member, or a loop over the single forms. */
+int nq_queue_publish_batch(nq_queue_t *q, const char *topic, const char *const *bodies, const size_t *lens, int n,
+                           nq_err_t *err) {
+  if (!q) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue: NULL handle in publish_batch");
+  if (n < 0 || (n > 0 && (!bodies || !lens)))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue publish_batch to %s: bad arguments (n %d)",
+                      topic ? topic : "(null)", n);
+  if (n == 0) return 0;
+  if (q->vt->publish_batch) return q->vt->publish_batch(q, topic, bodies, lens, n, err);
+  if (!q->vt->publish)
+    return nq_err_set(err, NQ_EUNSUPPORTED, NQ_ERR_FATAL, "queue backend %s: publish unsupported", q->vt->name);
+  for (int i = 0; i < n; i++) {
+    int rc = q->vt->publish(q, topic, bodies[i], lens[i], err);
+    if (rc) return nq_err_prefix(err, "publish_batch item %d of %d", i, n);
+  }
+  return 0;
+}
+
+/* Fallback: publish_result, job_mark, ack per item, in that order. Not atomic per item: a crash between the
+ * steps leaves a result (and mark) without the ack, so the task is redelivered and its result published twice
+ * (at-least-once, never a lost result); and a delivery that is no longer pending is not detected. */
+int nq_queue_complete_batch(nq_queue_t *q, const char *group, const nq_completion_t *items, int n,
+                            nq_job_counts_t *counts, int *changed, nq_err_t *err) {
+  if (!q) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue: NULL handle in complete_batch");
+  if (n < 0 || (n > 0 && !items))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue complete_batch: bad arguments (n %d)", n);
+  if (n == 0) return 0;
+  if (q->vt->complete_batch) return q->vt->complete_batch(q, group, items, n, counts, changed, err);
+  if (!q->vt->publish_result || !q->vt->job_mark || !q->vt->ack)
+    return nq_err_set(err, NQ_EUNSUPPORTED, NQ_ERR_FATAL, "queue backend %s: complete_batch unsupported",
+                      q->vt->name);
+  for (int i = 0; i < n; i++) {
+    const nq_completion_t *it = &items[i];
+    if (!it->job || !it->task || !it->status || !it->result)
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue complete_batch: item %d of %d has a NULL field", i, n);
+    int rc = q->vt->publish_result(q, it->job, it->result, err);
+    if (!rc) rc = q->vt->job_mark(q, it->job, it->task, it->status, counts ? &counts[i] : NULL,
+                                  changed ? &changed[i] : NULL, err);
+    if (!rc && it->d) rc = q->vt->ack(q, group, it->d, err);
+    if (rc) return nq_err_prefix(err, "complete_batch item %d of %d (task %s)", i, n, it->task);
+  }
+  return 0;
+}
 
 /* ---------------------------------------------------------------- naming */
 

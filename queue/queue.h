@@ -66,6 +66,8 @@ typedef struct nq_result_entry {
 } nq_result_entry_t;
 void nq_result_entries_free(nq_result_entry_t *e, int n);
 
+struct nq_completion;
+
 /* The vtable. Members tagged optional may be NULL; callers get NQ_EUNSUPPORTED. */
 typedef struct nq_queue_i {
   const char *name; /* "local", "redis", "kafka" */
@@ -103,8 +105,28 @@ typedef struct nq_queue_i {
   int (*dlq_requeue)(nq_queue_t *q, const char *id, int *n, nq_err_t *err);
   int (*dlq_purge)(nq_queue_t *q, int *n, nq_err_t *err);
 
+  /* Batched forms (optional: the wrappers fall back to loops over the single forms). One network round trip
+   * per call on backends that can pipeline. */
+  int (*publish_batch)(nq_queue_t *q, const char *topic, const char *const *bodies, const size_t *lens, int n,
+                       nq_err_t *err);
+  /* Finish n tasks at once; for each item atomically: append the result to the job's results, record the task's
+   * terminal status (job_mark) and ack the delivery (or, with d == NULL, only result + mark). counts[i] (may be
+   * NULL) receives the job counts after item i and changed[i] whether its status changed. */
+  int (*complete_batch)(nq_queue_t *q, const char *group, const struct nq_completion *items, int n,
+                        nq_job_counts_t *counts /* OUT [n], may be NULL */, int *changed /* OUT [n], may be NULL */,
+                        nq_err_t *err);
+
   void (*free)(nq_queue_t *q);
 } nq_queue_i;
+
+/* One finished task for complete_batch. */
+typedef struct nq_completion {
+  const nq_delivery_t *d; /* borrowed: the delivery to ack; NULL = nothing to ack */
+  const char *job;        /* borrowed */
+  const char *task;       /* borrowed */
+  const char *status;     /* borrowed: "ok" | "dead" */
+  const char *result;     /* borrowed: result JSON appended to the job's results */
+} nq_completion_t;
 
 typedef struct nq_queue_opts {
   int lease_ms;   /* visibility timeout; default 30000 */
@@ -128,6 +150,7 @@ void nq_queue_close(nq_queue_t *q);
 int nq_queue_local_open(const char *name, const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err);
 int nq_queue_redis_open(const char *host, int port, int db, const nq_queue_opts_t *opts, nq_queue_t **out,
                         nq_err_t *err);
+int nq_queue_kafka_open(const char *brokers, const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err);
 
 /* Thin wrappers: q->vt->x(q, ...), or NQ_EUNSUPPORTED for a NULL optional member. */
 int nq_queue_publish(nq_queue_t *q, const char *topic, const char *body, size_t len, nq_err_t *err);
@@ -151,6 +174,10 @@ int nq_queue_job_counts(nq_queue_t *q, const char *job, nq_job_counts_t *c, nq_e
 int nq_queue_dlq_list(nq_queue_t *q, int max_n, nq_dlq_entry_t **out, int *n_out, nq_err_t *err);
 int nq_queue_dlq_requeue(nq_queue_t *q, const char *id, int *n, nq_err_t *err);
 int nq_queue_dlq_purge(nq_queue_t *q, int *n, nq_err_t *err);
+int nq_queue_publish_batch(nq_queue_t *q, const char *topic, const char *const *bodies, const size_t *lens, int n,
+                           nq_err_t *err);
+int nq_queue_complete_batch(nq_queue_t *q, const char *group, const nq_completion_t *items, int n,
+                            nq_job_counts_t *counts, int *changed, nq_err_t *err);
 
 /* Topic naming shared by scheduler and worker: "tasks:<stage>:<device>" (device cpu|cuda|any). */
 int nq_queue_topic(char *out, size_t cap, const char *stage, const char *device);

@@ -8,10 +8,14 @@
  *   nq:delayed:<topic>    ZSET of nacked messages, score = due time (server ms), member "<uniq>\n<body>";
  *                         moved back into the stream by a Lua script at the start of each fetch.
  *   nq:dlq                dead-letter stream: topic, reason, body, id, group.
- *   nq:results:<job>      results stream, field "body".
+ *   nq:results:<job>      results stream: field "body", repeated in entries written by complete_batch (one entry per
+ *                         call and job; read_results splits them, cursors "<id>/<k>" point inside an entry).
  *   nq:job:<job>          hash: meta, total, ok, failed, dead.   nq:job:<job>:tasks  hash task -> status.
  * Lease = the PEL idle time: a fetch first XAUTOCLAIMs entries idle >= lease_ms (delivery count from XPENDING),
  * extend_lease is XCLAIM ... 0 id JUSTID (resets the idle time).
+ * Round trips: fetch = one FETCH script (reclaim + due retries + read for max_n <= 16) or that script plus an
+ * XREADGROUP (larger max_n, or blocking); publish_batch = one pipeline; complete_batch = one pipeline of COMPLETE
+ * scripts (XACK + result + job_mark per item, all or nothing per item).
  * Time: delayed retries use the server's clock (TIME inside the scripts); leases use the server's idle times.
  * Connections: one redisContext per calling thread (pthread key per queue object), created lazily. An I/O error
  * drops the context and returns NQ_EQUEUE|NQ_ERR_RETRIABLE; a call on a context that was already open is retried
@@ -230,15 +234,20 @@ static rconn_t *conn_get(rq_t *q, int *fresh, nq_err_t *err) {
   return rc;
 }
 
-/* Runs k pipelined commands; rep[0..k) receive the replies (error replies included). On an I/O error on a
- * connection that was already open, reconnects and runs them once more. tmo_ms: socket timeout for this round. */
-static int rexec(rq_t *q, const char *what, int k, rargs_t *cmds, redisReply **rep, int tmo_ms, nq_err_t *err) {
+/* Appends command j of a pipeline to c (redisAppendCommandArgv); REDIS_OK or REDIS_ERR. */
+typedef int (*rappend_fn)(redisContext *c, int j, void *ctx);
+
+/* Runs k pipelined commands, appended by append(c, j, ctx) for j in [0, k); rep[0..k) receive the replies (error
+ * replies included). On an I/O error on a connection that was already open, reconnects and runs them once more.
+ * tmo_ms: socket timeout for this round. */
+static int rexec_fn(rq_t *q, const char *what, int k, rappend_fn append, void *ctx, redisReply **rep, int tmo_ms,
+                    nq_err_t *err) {
   for (int attempt = 0;; attempt++) {
     int fresh;
     rconn_t *rc = conn_get(q, &fresh, err);
     if (!rc) return nq_err_prefix(err, "%s", what);
     int got = 0, ok = set_tmo(rc, tmo_ms) == 0;
-    for (int j = 0; ok && j < k; j++) ok = redisAppendCommandArgv(rc->c, cmds[j].n, cmds[j].v, cmds[j].l) == REDIS_OK;
+    for (int j = 0; ok && j < k; j++) ok = append(rc->c, j, ctx) == REDIS_OK;
     while (ok && got < k) {
       void *r = NULL;
       if (redisGetReply(rc->c, &r) != REDIS_OK || !r) ok = 0;
@@ -252,6 +261,16 @@ static int rexec(rq_t *q, const char *what, int k, rargs_t *cmds, redisReply **r
     if (attempt == 0 && !fresh) continue;
     return nq_err_set(err, NQ_EQUEUE, NQ_ERR_RETRIABLE, "redis %s:%d %s: %s", q->host, q->port, what, es);
   }
+}
+
+static int append_rargs(redisContext *c, int j, void *ctx) {
+  rargs_t *a = &((rargs_t *)ctx)[j];
+  return redisAppendCommandArgv(c, a->n, a->v, a->l);
+}
+
+/* Runs k pipelined commands cmds[0..k) (see rexec_fn). */
+static int rexec(rq_t *q, const char *what, int k, rargs_t *cmds, redisReply **rep, int tmo_ms, nq_err_t *err) {
+  return rexec_fn(q, what, k, append_rargs, cmds, rep, tmo_ms, err);
 }
 
 /* One command; an error reply becomes an error. Returns the reply or NULL. */
@@ -289,6 +308,99 @@ static redisReply *reval(rq_t *q, int script, int nkeys, const rargs_t *a, const
     return NULL;
   }
   return r;
+}
+
+/* Growable argument vector for commands whose length depends on the input (batches, scripts over many topics).
+ * Strings are borrowed; an append that cannot grow the vector sets oom and is dropped. */
+typedef struct dargs {
+  int n, cap;
+  const char **v; /* owned array */
+  size_t *l;      /* owned array */
+  int oom;
+} dargs_t;
+
+static void da_bin(dargs_t *a, const char *s, size_t len) {
+  if (a->oom) return;
+  if (a->n == a->cap) {
+    int nc = a->cap ? a->cap * 2 : 32;
+    const char **v = realloc(a->v, (size_t)nc * sizeof *v);
+    if (v) a->v = v;
+    size_t *l = v ? realloc(a->l, (size_t)nc * sizeof *l) : NULL;
+    if (!l) {
+      a->oom = 1;
+      return;
+    }
+    a->l = l;
+    a->cap = nc;
+  }
+  a->v[a->n] = s;
+  a->l[a->n++] = len;
+}
+static void da_str(dargs_t *a, const char *s) { da_bin(a, s, strlen(s)); }
+static void da_free(dargs_t *a) {
+  free(a->v);
+  free(a->l);
+  memset(a, 0, sizeof *a);
+}
+
+/* "EVALSHA sha nkeys" at the head of a; nbuf (>= 16 bytes) holds the number and must outlive a. */
+static void da_evalsha(rq_t *q, dargs_t *a, int script, int nkeys, char *nbuf) {
+  da_str(a, "EVALSHA");
+  da_str(a, q->sha[script]);
+  snprintf(nbuf, 16, "%d", nkeys);
+  da_str(a, nbuf);
+}
+
+typedef struct dpipe {
+  dargs_t *cmds;    /* borrowed */
+  const int *idx;   /* borrowed: which commands, NULL = all in order */
+} dpipe_t;
+
+static int append_dargs(redisContext *c, int j, void *ctx) {
+  dpipe_t *p = ctx;
+  dargs_t *a = &p->cmds[p->idx ? p->idx[j] : j];
+  return redisAppendCommandArgv(c, a->n, a->v, a->l);
+}
+
+/* Pipelines cmds[0..k) in one round trip; cmds[j] built with da_evalsha(script[j]) (script[j] < 0: not a script).
+ * Scripts the server does not know (NOSCRIPT: restarted or SCRIPT FLUSHed) are sent once more as EVAL of their
+ * source; a NOSCRIPT reply means the script did not run, so this never runs anything twice. rep[j]: the replies,
+ * error replies included (the caller frees them). */
+static int rexec_scripts(rq_t *q, const char *what, int k, dargs_t *cmds, const int *script, redisReply **rep,
+                         int tmo_ms, nq_err_t *err) {
+  for (int j = 0; j < k; j++)
+    if (cmds[j].oom) return oom(err, what);
+  dpipe_t p = {.cmds = cmds, .idx = NULL};
+  int rc = rexec_fn(q, what, k, append_dargs, &p, rep, tmo_ms, err);
+  if (rc) return rc;
+  int *redo = NULL, nredo = 0;
+  for (int j = 0; j < k; j++) {
+    if (script[j] < 0 || rep[j]->type != REDIS_REPLY_ERROR || !rep[j]->str || !starts(rep[j]->str, "NOSCRIPT"))
+      continue;
+    if (!redo && !(redo = malloc((size_t)k * sizeof *redo))) rc = oom(err, what);
+    if (rc) break;
+    redo[nredo++] = j;
+    cmds[j].v[0] = "EVAL";
+    cmds[j].l[0] = 4;
+    cmds[j].v[1] = nq_lua_src[script[j]];
+    cmds[j].l[1] = strlen(nq_lua_src[script[j]]);
+  }
+  if (rc == 0 && nredo) {
+    redisReply **r2 = calloc((size_t)nredo, sizeof *r2);
+    p.idx = redo;
+    if (!r2) rc = oom(err, what);
+    else rc = rexec_fn(q, what, nredo, append_dargs, &p, r2, tmo_ms, err);
+    for (int i = 0; rc == 0 && i < nredo; i++) {
+      freeReplyObject(rep[redo[i]]);
+      rep[redo[i]] = r2[i];
+    }
+    free(r2);
+  }
+  free(redo);
+  if (rc)
+    for (int j = 0; j < k; j++)
+      if (rep[j]) freeReplyObject(rep[j]), rep[j] = NULL;
+  return rc;
 }
 
 /* Vtable entries may be called with err == NULL; errors still need a code to return. */
@@ -400,64 +512,82 @@ static int entry_to_delivery(const redisReply *e, const char *topic, unsigned co
   return 0;
 }
 
-/* XAUTOCLAIM expired leases of one topic into d[*n..max_n). */
-static int reclaim(rq_t *q, const char *key, const char *topic, const char *group, const char *consumer, int max_n,
-                   nq_delivery_t *d, int *n, nq_err_t *err) {
-  rargs_t a;
-  ra_init(&a, "XAUTOCLAIM");
-  ra_str(&a, key);
-  ra_str(&a, group);
-  ra_str(&a, consumer);
-  ra_ll(&a, q->base.lease_ms);
-  ra_str(&a, "0-0");
-  ra_str(&a, "COUNT");
-  ra_ll(&a, max_n - *n);
-  redisReply *r = rcmd(q, "XAUTOCLAIM", &a, RQ_DEFAULT_TMO_MS, err);
-  if (!r) return err ? err->code : NQ_EQUEUE;
-  int rc = 0;
-  const redisReply *ents = r->type == REDIS_REPLY_ARRAY && r->elements >= 2 ? r->element[1] : NULL;
-  if (ents && ents->type == REDIS_REPLY_ARRAY && ents->elements > 0) {
-    /* delivery counts: one XPENDING per claimed id, pipelined */
-    size_t k = ents->elements;
-    rargs_t *pa = calloc(k, sizeof *pa);
-    redisReply **pr = calloc(k, sizeof *pr);
-    if (!pa || !pr) rc = oom(err, "reclaim");
-    size_t np = 0;
-    for (size_t i = 0; rc == 0 && i < k; i++) {
-      const redisReply *e = ents->element[i];
-      if (!e || e->type != REDIS_REPLY_ARRAY || e->elements < 1 || !is_str(e->element[0])) continue;
-      ra_init(&pa[np], "XPENDING");
-      ra_str(&pa[np], key);
-      ra_str(&pa[np], group);
-      ra_str(&pa[np], e->element[0]->str);
-      ra_str(&pa[np], e->element[0]->str);
-      ra_str(&pa[np], "1");
-      np++;
+/* The entries of an XREADGROUP reply [[key, [entry...]]...] into d[*n..max_n) (delivery count 1). */
+static int read_reply_to_deliveries(const redisReply *r, nq_delivery_t *d, int *n, int max_n, nq_err_t *err) {
+  if (!r || r->type != REDIS_REPLY_ARRAY) return 0;
+  for (size_t s = 0; s < r->elements; s++) {
+    const redisReply *sr = r->element[s];
+    if (!sr || sr->type != REDIS_REPLY_ARRAY || sr->elements < 2 || !is_str(sr->element[0])) continue;
+    const char *topic = sr->element[0]->str;
+    if (starts(topic, "nq:")) topic += 3;
+    const redisReply *ents = sr->element[1];
+    for (size_t i = 0; ents && ents->type == REDIS_REPLY_ARRAY && i < ents->elements && *n < max_n; i++) {
+      int x = entry_to_delivery(ents->element[i], topic, 1, &d[*n]);
+      if (x < 0) return oom(err, "fetch");
+      if (x == 0) (*n)++;
     }
-    if (rc == 0 && np) rc = rexec(q, "XPENDING", (int)np, pa, pr, RQ_DEFAULT_TMO_MS, err);
-    size_t pi = 0;
-    for (size_t i = 0; rc == 0 && i < k && *n < max_n; i++) {
-      const redisReply *e = ents->element[i];
-      if (!e || e->type != REDIS_REPLY_ARRAY || e->elements < 1 || !is_str(e->element[0])) continue;
-      const redisReply *p = pr[pi++];
-      unsigned cnt = 2; /* claimed after a lease: at least the second delivery */
-      if (p && p->type == REDIS_REPLY_ARRAY && p->elements == 1 && p->element[0]->type == REDIS_REPLY_ARRAY &&
-          p->element[0]->elements >= 4)
-        cnt = (unsigned)reply_ll(p->element[0]->element[3], 2);
-      int x = entry_to_delivery(e, topic, cnt, &d[*n]);
-      if (x < 0) rc = oom(err, "reclaim");
-      else if (x == 0) (*n)++;
-      /* x == 1: stream data gone; redis 7 already dropped it from the PEL */
-    }
-    for (size_t i = 0; pr && i < np; i++)
-      if (pr[i]) freeReplyObject(pr[i]);
-    free(pa);
-    free(pr);
   }
+  return 0;
+}
+
+/* The non-blocking part of a fetch, one round trip (script FETCH): reclaim expired leases, move due retries and,
+ * with lua_read, read new entries. Fills d[*n..max_n); *wait_cap = ms until the next delayed retry is due, or -1.
+ * A NOGROUP error comes back as NQ_EQUEUE with "NOGROUP" in the message, after whatever was claimed before it. */
+static int fetch_step(rq_t *q, const char *const *topics, char (*keys)[RQ_KEY_MAX], char (*dkeys)[RQ_KEY_MAX],
+                      int ntopics, const char *group, const char *consumer, int max_n, int lua_read, nq_delivery_t *d,
+                      int *n, long long *wait_cap, nq_err_t *err) {
+  dargs_t a = {0};
+  char nk[16], lease[24], cnt[24];
+  snprintf(lease, sizeof lease, "%d", q->base.lease_ms);
+  snprintf(cnt, sizeof cnt, "%d", max_n - *n);
+  da_evalsha(q, &a, NQ_LUA_FETCH, 2 * ntopics, nk);
+  for (int i = 0; i < ntopics; i++) da_str(&a, keys[i]);
+  for (int i = 0; i < ntopics; i++) da_str(&a, dkeys[i]);
+  da_str(&a, group);
+  da_str(&a, consumer);
+  da_str(&a, lease);
+  da_str(&a, cnt);
+  da_str(&a, "100");
+  da_str(&a, lua_read ? "1" : "0");
+  int script = NQ_LUA_FETCH;
+  redisReply *r = NULL;
+  int rc = rexec_scripts(q, "fetch", 1, &a, &script, &r, RQ_DEFAULT_TMO_MS, err);
+  da_free(&a);
+  *wait_cap = -1;
+  if (rc) return rc;
+  if (r->type == REDIS_REPLY_ERROR) {
+    rc = reply_err(q, r, "fetch", err);
+    freeReplyObject(r);
+    return rc;
+  }
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 5) {
+    freeReplyObject(r);
+    return nq_err_set(err, NQ_EQUEUE, 0, "redis %s:%d fetch: unexpected script reply", q->host, q->port);
+  }
+  const redisReply *cl = r->element[0];
+  for (size_t i = 0; cl->type == REDIS_REPLY_ARRAY && i + 2 < cl->elements && rc == 0 && *n < max_n; i += 3) {
+    long long ti = reply_ll(cl->element[i], 0);
+    if (ti < 1 || ti > ntopics) continue;
+    unsigned c = (unsigned)reply_ll(cl->element[i + 2], 2); /* claimed after a lease: at least the second */
+    int x = entry_to_delivery(cl->element[i + 1], topics[ti - 1], c, &d[*n]);
+    if (x < 0) rc = oom(err, "fetch");
+    else if (x == 0) (*n)++;
+  }
+  if (rc == 0) rc = read_reply_to_deliveries(r->element[1], d, n, max_n, err);
+  long long nd = reply_ll(r->element[2], -1), now = reply_ll(r->element[3], 0);
+  if (nd >= 0) *wait_cap = nd > now ? nd - now : 1;
+  if (rc == 0 && is_str(r->element[4]) && r->element[4]->len > 0)
+    rc = nq_err_set(err, NQ_EQUEUE, 0, "redis %s:%d fetch: %s", q->host, q->port, r->element[4]->str);
   freeReplyObject(r);
   return rc;
 }
 
+/* Up to this many messages a fetch reads inside the FETCH script (one round trip); larger fetches read with a
+ * plain XREADGROUP after the script (two round trips, but half the server time per entry). */
+#define RQ_FETCH_LUA_READ_MAX 16
+
+/* Fetch: the FETCH script (reclaim, due retries, and for small max_n the read), then, for large max_n or when
+ * nothing was there and block_ms > 0, an XREADGROUP (blocking up to the next delayed retry's due time). */
 static int r_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const char *group, const char *consumer,
                    int max_n, int block_ms, nq_delivery_t **out, int *n_out, nq_err_t *err) {
   NEED_ERR;
@@ -471,7 +601,7 @@ static int r_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const
   char(*keys)[RQ_KEY_MAX] = calloc((size_t)ntopics, RQ_KEY_MAX);
   char(*dkeys)[RQ_KEY_MAX] = calloc((size_t)ntopics, RQ_KEY_MAX);
   nq_delivery_t *d = calloc((size_t)max_n, sizeof *d);
-  int rc = 0, n = 0;
+  int rc = 0, n = 0, lua_read = max_n <= RQ_FETCH_LUA_READ_MAX;
   if (!keys || !dkeys || !d) rc = oom(err, "fetch");
   for (int i = 0; rc == 0 && i < ntopics; i++) {
     if ((rc = mkkey(keys[i], topics[i], NULL, "fetch", err))) break;
@@ -482,9 +612,13 @@ static int r_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const
   clock_gettime(CLOCK_MONOTONIC, &t0);
   int nogroup_retry = 0;
   while (rc == 0) {
-    /* 1. expired leases */
-    for (int i = 0; rc == 0 && i < ntopics && n < max_n; i++)
-      rc = reclaim(q, keys[i], topics[i], group, consumer, max_n, d, &n, err);
+    long long wait_cap;
+    rc = fetch_step(q, topics, keys, dkeys, ntopics, group, consumer, max_n, lua_read, d, &n, &wait_cap, err);
+    if (rc && n > 0) {
+      rc = 0; /* deliver what was claimed; the next fetch meets the error again */
+      nq_err_clear(err);
+      break;
+    }
     if (rc == NQ_EQUEUE && strstr(err->msg, "NOGROUP") && !nogroup_retry) {
       /* the server lost the group (flushed, or restarted without data): create it again, once */
       nogroup_retry = 1;
@@ -493,36 +627,17 @@ static int r_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const
       for (int i = 0; rc == 0 && i < ntopics; i++) rc = group_ensure(q, keys[i], group, err);
       continue;
     }
-    /* 2. due retries back into the streams; remember the next due time to bound the block */
-    long long wait_cap = -1;
-    for (int i = 0; rc == 0 && i < ntopics; i++) {
-      rargs_t a;
-      args_empty(&a);
-      ra_str(&a, dkeys[i]);
-      ra_str(&a, keys[i]);
-      ra_str(&a, "100");
-      redisReply *r = reval(q, NQ_LUA_MOVE_DUE, 2, &a, "move due retries", err);
-      if (!r) {
-        rc = err ? err->code : NQ_EQUEUE;
-        break;
-      }
-      if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
-        long long nd = reply_ll(r->element[1], -1), now = reply_ll(r->element[2], 0);
-        if (nd >= 0) {
-          long long w = nd > now ? nd - now : 1;
-          if (wait_cap < 0 || w < wait_cap) wait_cap = w;
-        }
-      }
-      freeReplyObject(r);
+    if (rc || n >= max_n || (lua_read && (n > 0 || block_ms <= 0))) break;
+    /* read (large max_n) or block (nothing there yet), but wake when the next delayed retry is due */
+    long long block = 0;
+    if (n == 0 && block_ms > 0) {
+      struct timespec t1;
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+      block = block_ms - ((t1.tv_sec - t0.tv_sec) * 1000ll + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+      if (block <= 0 && lua_read) break;
+      if (block < 0) block = 0;
+      if (block > 0 && wait_cap >= 0 && wait_cap < block) block = wait_cap < 1 ? 1 : wait_cap;
     }
-    if (rc || n >= max_n) break;
-    /* 3. new messages */
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    long long elapsed = (t1.tv_sec - t0.tv_sec) * 1000ll + (t1.tv_nsec - t0.tv_nsec) / 1000000;
-    long long block = n > 0 || block_ms <= 0 ? 0 : block_ms - elapsed;
-    if (block < 0) block = 0;
-    if (block > 0 && wait_cap >= 0 && wait_cap < block) block = wait_cap;
     rargs_t a;
     ra_init(&a, "XREADGROUP");
     ra_str(&a, "GROUP");
@@ -538,12 +653,11 @@ static int r_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const
     for (int i = 0; i < ntopics; i++) ra_str(&a, keys[i]);
     for (int i = 0; i < ntopics; i++) ra_str(&a, ">");
     redisReply *r = NULL;
-    int tmo = (int)(block > 0 ? block + 5000 : 0);
+    int tmo = (int)(block + 5000);
     if (tmo < RQ_DEFAULT_TMO_MS) tmo = RQ_DEFAULT_TMO_MS;
     if ((rc = rexec(q, "XREADGROUP", 1, &a, &r, tmo, err))) break;
     if (r->type == REDIS_REPLY_ERROR) {
       if (r->str && starts(r->str, "NOGROUP") && !nogroup_retry) {
-        /* the server lost the group (flushed or restarted without data): create again, once */
         freeReplyObject(r);
         nogroup_retry = 1;
         groups_forget(q);
@@ -554,28 +668,12 @@ static int r_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const
       freeReplyObject(r);
       break;
     }
-    if (r->type == REDIS_REPLY_ARRAY) {
-      for (size_t s = 0; rc == 0 && s < r->elements; s++) {
-        const redisReply *sr = r->element[s];
-        if (!sr || sr->type != REDIS_REPLY_ARRAY || sr->elements < 2 || !is_str(sr->element[0])) continue;
-        const char *topic = sr->element[0]->str;
-        if (starts(topic, "nq:")) topic += 3;
-        const redisReply *ents = sr->element[1];
-        for (size_t i = 0; ents && ents->type == REDIS_REPLY_ARRAY && i < ents->elements && n < max_n; i++) {
-          int x = entry_to_delivery(ents->element[i], topic, 1, &d[n]);
-          if (x < 0) {
-            rc = oom(err, "fetch");
-            break;
-          }
-          if (x == 0) n++;
-        }
-      }
-    }
+    rc = read_reply_to_deliveries(r, d, &n, max_n, err);
     freeReplyObject(r);
-    if (rc || n > 0 || block_ms <= 0) break;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    elapsed = (t1.tv_sec - t0.tv_sec) * 1000ll + (t1.tv_nsec - t0.tv_nsec) / 1000000;
-    if (elapsed >= block_ms) break;
+    if (rc || n > 0 || block == 0) break;
+    struct timespec t2;
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    if ((t2.tv_sec - t0.tv_sec) * 1000ll + (t2.tv_nsec - t0.tv_nsec) / 1000000 >= block_ms) break;
   }
   free(keys);
   free(dkeys);
@@ -792,66 +890,122 @@ static int r_publish_result(nq_queue_t *qq, const char *job, const char *body, n
   return 0;
 }
 
+/* Results: one stream entry holds one or more results ("body" fields in order; complete_batch writes one entry per
+ * call and job). Cursors: "<entry id>" = everything up to and including that entry; "<entry id>/<k>" = the entry's
+ * bodies 0..k (0-based), when a read stopped inside an entry. The last body of an entry gets the plain id, so an
+ * entry with one result has the cursor it always had. */
+typedef struct rres {
+  nq_result_entry_t *e; /* owned */
+  int n, cap, max_n;
+} rres_t;
+
+/* Appends the bodies of entry x from body index `from` on, up to r->max_n. 0, or NQ_ENOMEM. */
+static int rres_add_entry(rres_t *r, const redisReply *x, int from) {
+  if (!x || x->type != REDIS_REPLY_ARRAY || x->elements < 2 || !is_str(x->element[0])) return 0;
+  const redisReply *f = x->element[1];
+  if (!f || f->type != REDIS_REPLY_ARRAY) return 0;
+  int nb = 0;
+  for (size_t i = 0; i + 1 < f->elements; i += 2)
+    nb += is_str(f->element[i]) && strcmp(f->element[i]->str, "body") == 0 && is_str(f->element[i + 1]);
+  int b = 0;
+  for (size_t i = 0; i + 1 < f->elements && r->n < r->max_n; i += 2) {
+    if (!is_str(f->element[i]) || strcmp(f->element[i]->str, "body") != 0 || !is_str(f->element[i + 1])) continue;
+    int k = b++;
+    if (k < from) continue;
+    if (r->n == r->cap) {
+      int nc = r->cap ? r->cap * 2 : 16;
+      if (nc > r->max_n) nc = r->max_n;
+      nq_result_entry_t *ne = realloc(r->e, (size_t)nc * sizeof *ne);
+      if (!ne) return NQ_ENOMEM;
+      r->e = ne;
+      r->cap = nc;
+    }
+    nq_result_entry_t *e = &r->e[r->n];
+    e->body = memdup0(f->element[i + 1]->str, f->element[i + 1]->len);
+    e->id = NULL;
+    if (k == nb - 1) e->id = memdup0(x->element[0]->str, x->element[0]->len);
+    else if (asprintf(&e->id, "%s/%d", x->element[0]->str, k) < 0) e->id = NULL;
+    r->n++;
+    if (!e->body || !e->id) return NQ_ENOMEM;
+  }
+  return 0;
+}
+
 static int r_read_results(nq_queue_t *qq, const char *job, const char *after, int max_n, int block_ms,
                           nq_result_entry_t **out, int *n_out, nq_err_t *err) {
   NEED_ERR;
   rq_t *q = (rq_t *)qq;
-  char key[RQ_KEY_MAX];
+  char key[RQ_KEY_MAX], from_id[64] = "0-0";
   if (!out || !n_out || max_n <= 0)
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "redis queue read_results: bad arguments");
   *out = NULL;
   *n_out = 0;
   int rc = mkkey2(key, "results:", job, NULL, "read_results", err);
   if (rc) return rc;
-  rargs_t a;
-  ra_init(&a, "XREAD");
-  ra_str(&a, "COUNT");
-  ra_ll(&a, max_n);
-  if (block_ms > 0) {
-    ra_str(&a, "BLOCK");
-    ra_ll(&a, block_ms);
+  int mid = -1; /* bodies 0..mid of entry from_id were read */
+  if (after && *after) {
+    const char *sl = strchr(after, '/');
+    size_t idlen = sl ? (size_t)(sl - after) : strlen(after);
+    char *end = NULL;
+    long k = sl ? strtol(sl + 1, &end, 10) : 0;
+    if (idlen == 0 || idlen >= sizeof from_id || (sl && (end == sl + 1 || *end || k < 0 || k > 1000000)))
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "redis queue read_results: bad cursor '%.80s' for job %s",
+                        after, job);
+    memcpy(from_id, after, idlen);
+    from_id[idlen] = 0;
+    if (sl) mid = (int)k;
   }
-  ra_str(&a, "STREAMS");
-  ra_str(&a, key);
-  ra_str(&a, after && *after ? after : "0-0");
-  int tmo = block_ms > 0 ? block_ms + 5000 : RQ_DEFAULT_TMO_MS;
-  if (tmo < RQ_DEFAULT_TMO_MS) tmo = RQ_DEFAULT_TMO_MS;
-  redisReply *r = rcmd(q, "XREAD results", &a, tmo, err);
-  if (!r) return nq_err_prefix(err, "read results of job %s", job);
-  const redisReply *ents = NULL;
-  if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
-      r->element[0]->elements >= 2)
-    ents = r->element[0]->element[1];
-  int n = 0;
-  nq_result_entry_t *e = NULL;
-  if (ents && ents->type == REDIS_REPLY_ARRAY && ents->elements > 0) {
-    if (!(e = calloc(ents->elements, sizeof *e))) rc = oom(err, "read_results");
-    for (size_t i = 0; rc == 0 && i < ents->elements; i++) {
-      nq_delivery_t d = {0};
-      int x = entry_to_delivery(ents->element[i], "", 0, &d);
-      if (x < 0) rc = oom(err, "read_results");
-      if (x == 0) {
-        e[n].id = d.id;
-        e[n].body = d.body;
-        n++;
-        d.id = d.body = NULL;
-      }
-      free(d.id);
-      free(d.topic);
-      free(d.body);
+  rres_t res = {.max_n = max_n};
+  if (mid >= 0) { /* the rest of the entry the last read stopped in */
+    rargs_t a;
+    ra_init(&a, "XRANGE");
+    ra_str(&a, key);
+    ra_str(&a, from_id);
+    ra_str(&a, from_id);
+    redisReply *r = rcmd(q, "XRANGE results", &a, RQ_DEFAULT_TMO_MS, err);
+    if (!r) return nq_err_prefix(err, "read results of job %s", job);
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && rres_add_entry(&res, r->element[0], mid + 1))
+      rc = oom(err, "read_results");
+    freeReplyObject(r);
+  }
+  if (rc == 0 && res.n < max_n) {
+    int block = res.n == 0 && block_ms > 0;
+    rargs_t a;
+    ra_init(&a, "XREAD");
+    ra_str(&a, "COUNT");
+    ra_ll(&a, max_n - res.n);
+    if (block) {
+      ra_str(&a, "BLOCK");
+      ra_ll(&a, block_ms);
+    }
+    ra_str(&a, "STREAMS");
+    ra_str(&a, key);
+    ra_str(&a, from_id);
+    int tmo = block ? block_ms + 5000 : RQ_DEFAULT_TMO_MS;
+    if (tmo < RQ_DEFAULT_TMO_MS) tmo = RQ_DEFAULT_TMO_MS;
+    redisReply *r = rcmd(q, "XREAD results", &a, tmo, err);
+    if (!r) {
+      rc = nq_err_prefix(err, "read results of job %s", job);
+    } else {
+      const redisReply *ents = NULL;
+      if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+          r->element[0]->elements >= 2)
+        ents = r->element[0]->element[1];
+      for (size_t i = 0; rc == 0 && ents && ents->type == REDIS_REPLY_ARRAY && i < ents->elements; i++)
+        if (rres_add_entry(&res, ents->element[i], 0)) rc = oom(err, "read_results");
+      freeReplyObject(r);
     }
   }
-  freeReplyObject(r);
   if (rc) {
-    nq_result_entries_free(e, n);
+    nq_result_entries_free(res.e, res.n);
     return rc;
   }
-  if (n == 0) {
-    free(e);
-    e = NULL;
+  if (res.n == 0) {
+    free(res.e);
+    res.e = NULL;
   }
-  *out = e;
-  *n_out = n;
+  *out = res.e;
+  *n_out = res.n;
   return 0;
 }
 
@@ -960,6 +1114,277 @@ static int r_job_counts(nq_queue_t *qq, const char *job, nq_job_counts_t *c, nq_
   c->dead = good ? reply_ll(r->element[3], 0) : 0;
   freeReplyObject(r);
   return 0;
+}
+
+/* ---------------------------------------------------------------- batches */
+
+#define RQ_PUB_CHUNK 1024     /* XADDs per round trip in publish_batch */
+#define RQ_COMPLETE_CHUNK 256 /* items per COMPLETE script call (one call runs atomically on the server) */
+
+typedef struct pubctx {
+  const char *key;            /* borrowed */
+  const char *const *bodies;  /* borrowed */
+  const size_t *lens;         /* borrowed */
+  int off;
+} pubctx_t;
+
+static int append_xadd(redisContext *c, int j, void *ctx) {
+  const pubctx_t *p = ctx;
+  const char *b = p->bodies[p->off + j];
+  const char *argv[5] = {"XADD", p->key, "*", "body", b ? b : ""};
+  size_t argl[5] = {4, strlen(p->key), 1, 4, b ? p->lens[p->off + j] : 0};
+  return redisAppendCommandArgv(c, 5, argv, argl);
+}
+
+/* n XADDs pipelined: one round trip per RQ_PUB_CHUNK messages. On an error, messages before the failing one
+ * are published (and, after a lost reply on a connection that was already open, a chunk may be sent twice:
+ * at-least-once, as publish). */
+static int r_publish_batch(nq_queue_t *qq, const char *topic, const char *const *bodies, const size_t *lens, int n,
+                           nq_err_t *err) {
+  NEED_ERR;
+  rq_t *q = (rq_t *)qq;
+  char key[RQ_KEY_MAX];
+  if (n < 0 || (n > 0 && (!bodies || !lens)))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "redis queue publish_batch: bad arguments (n %d)", n);
+  int rc = mkkey(key, topic, NULL, "publish_batch", err);
+  if (rc) return rc;
+  for (int i = 0; i < n; i++)
+    if (!bodies[i] && lens[i])
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "redis queue publish_batch to %s: NULL body at item %d", topic,
+                        i);
+  if (n == 0) return 0;
+  int chunk = n < RQ_PUB_CHUNK ? n : RQ_PUB_CHUNK;
+  redisReply **rep = calloc((size_t)chunk, sizeof *rep);
+  if (!rep) return oom(err, "publish_batch");
+  pubctx_t p = {.key = key, .bodies = bodies, .lens = lens};
+  for (p.off = 0; rc == 0 && p.off < n; p.off += chunk) {
+    int k = n - p.off < chunk ? n - p.off : chunk;
+    if ((rc = rexec_fn(q, "XADD batch", k, append_xadd, &p, rep, RQ_DEFAULT_TMO_MS, err))) {
+      nq_err_prefix(err, "publish_batch to %s (items %d..%d of %d)", topic, p.off, p.off + k - 1, n);
+      break;
+    }
+    for (int j = 0; j < k; j++) {
+      if (rc == 0 && rep[j]->type == REDIS_REPLY_ERROR) {
+        rc = reply_err(q, rep[j], "XADD batch", err);
+        nq_err_prefix(err, "publish_batch to %s item %d of %d", topic, p.off + j, n);
+      }
+      freeReplyObject(rep[j]);
+      rep[j] = NULL;
+    }
+  }
+  free(rep);
+  return rc;
+}
+
+static int status_ok(const char *s) {
+  return s && (strcmp(s, "ok") == 0 || strcmp(s, "failed") == 0 || strcmp(s, "dead") == 0);
+}
+
+/* One COMPLETE script call's keys: the distinct task streams and jobs of items [lo, hi). Key strings are owned
+ * by the chunk; every item gets the 1-based index of its stream (0: no delivery) and of its job. */
+typedef struct cchunk {
+  int lo, hi;
+  char **streams; /* owned: "nq:<topic>" */
+  const char **stopic; /* borrowed: topic of each stream, for matching */
+  int ns;
+  char **jkeys; /* owned: 3 per job: results, job hash, task hash */
+  const char **jname; /* borrowed */
+  int nj;
+  char (*idx)[2][12]; /* owned: per item, the stream and job index as strings */
+  char nk[16], sn[16];
+} cchunk_t;
+
+static void cchunk_free(cchunk_t *c) {
+  for (int i = 0; c->streams && i < c->ns; i++) free(c->streams[i]);
+  for (int i = 0; c->jkeys && i < 3 * c->nj; i++) free(c->jkeys[i]);
+  free(c->streams);
+  free(c->stopic);
+  free(c->jkeys);
+  free(c->jname);
+  free(c->idx);
+}
+
+static char *keydup(const char *pre, const char *a, const char *post) {
+  char *k = NULL;
+  return asprintf(&k, "nq:%s%s%s", pre, a, post) < 0 ? NULL : k;
+}
+
+/* Builds the chunk's keys and the script call; 0 or NQ_ENOMEM. */
+static int cchunk_build(rq_t *q, cchunk_t *c, const char *group, const nq_completion_t *items, dargs_t *a) {
+  int m = c->hi - c->lo;
+  c->streams = calloc((size_t)m, sizeof *c->streams);
+  c->stopic = calloc((size_t)m, sizeof *c->stopic);
+  c->jkeys = calloc((size_t)m * 3, sizeof *c->jkeys);
+  c->jname = calloc((size_t)m, sizeof *c->jname);
+  c->idx = calloc((size_t)m, sizeof *c->idx);
+  if (!c->streams || !c->stopic || !c->jkeys || !c->jname || !c->idx) return NQ_ENOMEM;
+  for (int i = c->lo; i < c->hi; i++) {
+    const nq_completion_t *it = &items[i];
+    int si = 0, ji = 0;
+    if (it->d) {
+      for (int k = 0; k < c->ns && !si; k++)
+        if (strcmp(c->stopic[k], it->d->topic) == 0) si = k + 1;
+      if (!si) {
+        if (!(c->streams[c->ns] = keydup("", it->d->topic, ""))) return NQ_ENOMEM;
+        c->stopic[c->ns++] = it->d->topic;
+        si = c->ns;
+      }
+    }
+    for (int k = 0; k < c->nj && !ji; k++)
+      if (strcmp(c->jname[k], it->job) == 0) ji = k + 1;
+    if (!ji) {
+      char **jk = &c->jkeys[3 * c->nj];
+      if (!(jk[0] = keydup("results:", it->job, "")) || !(jk[1] = keydup("job:", it->job, "")) ||
+          !(jk[2] = keydup("job:", it->job, ":tasks"))) {
+        c->nj++; /* freed by cchunk_free */
+        return NQ_ENOMEM;
+      }
+      c->jname[c->nj++] = it->job;
+      ji = c->nj;
+    }
+    snprintf(c->idx[i - c->lo][0], 12, "%d", si);
+    snprintf(c->idx[i - c->lo][1], 12, "%d", ji);
+  }
+  da_evalsha(q, a, NQ_LUA_COMPLETE, c->ns + 3 * c->nj, c->nk);
+  for (int k = 0; k < c->ns; k++) da_str(a, c->streams[k]);
+  for (int k = 0; k < 3 * c->nj; k++) da_str(a, c->jkeys[k]);
+  da_str(a, group ? group : "");
+  snprintf(c->sn, sizeof c->sn, "%d", c->ns);
+  da_str(a, c->sn);
+  int wide = c->ns > 1 || c->nj > 1; /* else the indexes are implied (see NQ_LUA_COMPLETE) */
+  da_str(a, wide ? "6" : "4");
+  for (int i = c->lo; i < c->hi; i++) {
+    const nq_completion_t *it = &items[i];
+    if (wide) {
+      da_str(a, c->idx[i - c->lo][0]);
+      da_str(a, c->idx[i - c->lo][1]);
+    }
+    da_str(a, it->d ? it->d->id : "");
+    da_str(a, it->task);
+    da_str(a, it->status);
+    da_str(a, it->result);
+  }
+  return a->oom ? NQ_ENOMEM : 0;
+}
+
+static long long *count_slot(nq_job_counts_t *c, char st) {
+  return st == 'o' ? &c->ok : st == 'f' ? &c->failed : st == 'd' ? &c->dead : NULL;
+}
+
+/* The script's reply {codes, before} -> counts/changed of items [lo, hi). */
+static int cchunk_parse(rq_t *q, const cchunk_t *c, const redisReply *r, const nq_completion_t *items,
+                        nq_job_counts_t *counts, int *changed, nq_err_t *err) {
+  int m = c->hi - c->lo;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !is_str(r->element[0]) || r->element[0]->len != (size_t)m ||
+      r->element[1]->type != REDIS_REPLY_ARRAY || r->element[1]->elements != (size_t)(4 * c->nj))
+    return nq_err_set(err, NQ_EQUEUE, 0, "redis %s:%d complete_batch: unexpected script reply for items %d..%d",
+                      q->host, q->port, c->lo, c->hi - 1);
+  nq_job_counts_t *cur = calloc((size_t)c->nj, sizeof *cur);
+  if (!cur) return oom(err, "complete_batch");
+  for (int j = 0; j < c->nj; j++) {
+    redisReply *const *b = &r->element[1]->element[4 * j];
+    cur[j] = (nq_job_counts_t){reply_ll(b[0], -1), reply_ll(b[1], 0), reply_ll(b[2], 0), reply_ll(b[3], 0)};
+  }
+  const char *codes = r->element[0]->str;
+  for (int i = c->lo; i < c->hi; i++) {
+    char code = codes[i - c->lo];
+    nq_job_counts_t *jc = &cur[atoi(c->idx[i - c->lo][1]) - 1];
+    int ch = code != '-' && code != '=';
+    if (ch) {
+      long long *old = count_slot(jc, code), *now = count_slot(jc, items[i].status[0]);
+      if (old) (*old)--;
+      if (now) (*now)++;
+    }
+    if (counts) counts[i] = *jc;
+    if (changed) changed[i] = ch;
+  }
+  free(cur);
+  return 0;
+}
+
+/* All items in one round trip: COMPLETE script calls of up to RQ_COMPLETE_CHUNK items, pipelined (plus the
+ * periodic trim of the task streams when this connection's ack count says so). Every item is all or nothing
+ * on the server (see NQ_LUA_COMPLETE); a delivery no longer pending makes its item a no-op (changed 0, counts
+ * as they are). On an error, items of the chunks before the failing one are complete: repeating the whole call
+ * is safe for items with a delivery (they are no-ops the second time); items without one append their result
+ * again. */
+static int r_complete_batch(nq_queue_t *qq, const char *group, const nq_completion_t *items, int n,
+                            nq_job_counts_t *counts, int *changed, nq_err_t *err) {
+  NEED_ERR;
+  rq_t *q = (rq_t *)qq;
+  if (n < 0 || (n > 0 && !items))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "redis queue complete_batch: bad arguments (n %d)", n);
+  /* validate everything first: a bad item fails the call before any change */
+  int nacks = 0;
+  for (int i = 0; i < n; i++) {
+    const nq_completion_t *it = &items[i];
+    if (!it->job || !*it->job || !it->task || !*it->task || !it->result)
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
+                        "redis queue complete_batch: item %d has an empty job/task or NULL result", i);
+    if (!status_ok(it->status))
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
+                        "redis queue complete_batch: status '%s' of task %s (item %d) is not ok|failed|dead",
+                        it->status ? it->status : "(null)", it->task, i);
+    if (it->d && (!group || !*group || !it->d->id || !*it->d->id || !it->d->topic || !*it->d->topic))
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
+                        "redis queue complete_batch: item %d (task %s): NULL group or delivery fields", i, it->task);
+    if (strlen(it->job) + 16 >= RQ_KEY_MAX || (it->d && strlen(it->d->topic) + 4 >= RQ_KEY_MAX))
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
+                        "redis queue complete_batch: job or topic name of item %d (task %s) too long", i, it->task);
+    nacks += it->d != NULL;
+  }
+  if (n == 0) return 0;
+  int nchunks = (n + RQ_COMPLETE_CHUNK - 1) / RQ_COMPLETE_CHUNK;
+  /* trims ride along in the same round trip when this connection's ack count reaches RQ_TRIM_EVERY */
+  rconn_t *conn = pthread_getspecific(q->key);
+  int trim = conn && nacks > 0 && conn->acks + (unsigned)nacks >= RQ_TRIM_EVERY;
+  int maxcmd = nchunks + (trim ? n : 0);
+  cchunk_t *ch = calloc((size_t)nchunks, sizeof *ch);
+  dargs_t *cmds = calloc((size_t)maxcmd, sizeof *cmds);
+  int *script = calloc((size_t)maxcmd, sizeof *script);
+  redisReply **rep = calloc((size_t)maxcmd, sizeof *rep);
+  char(*nk)[16] = calloc((size_t)maxcmd, sizeof *nk);
+  int rc = 0, ncmd = 0;
+  if (!ch || !cmds || !script || !rep || !nk) rc = oom(err, "complete_batch");
+  for (int c = 0; rc == 0 && c < nchunks; c++) {
+    ch[c].lo = c * RQ_COMPLETE_CHUNK;
+    ch[c].hi = ch[c].lo + RQ_COMPLETE_CHUNK < n ? ch[c].lo + RQ_COMPLETE_CHUNK : n;
+    script[ncmd] = NQ_LUA_COMPLETE;
+    if (cchunk_build(q, &ch[c], group, items, &cmds[ncmd++])) rc = oom(err, "complete_batch");
+  }
+  if (rc == 0 && trim) { /* the distinct task streams of all chunks */
+    for (int c = 0; c < nchunks; c++)
+      for (int k = 0; k < ch[c].ns; k++) {
+        int seen = 0;
+        for (int t = nchunks; t < ncmd && !seen; t++) seen = strcmp(cmds[t].v[3], ch[c].streams[k]) == 0;
+        if (seen) continue;
+        script[ncmd] = NQ_LUA_TRIM;
+        da_evalsha(q, &cmds[ncmd], NQ_LUA_TRIM, 1, nk[ncmd]);
+        da_str(&cmds[ncmd++], ch[c].streams[k]);
+      }
+  }
+  if (rc == 0) rc = rexec_scripts(q, "complete_batch", ncmd, cmds, script, rep, RQ_DEFAULT_TMO_MS, err);
+  if (rc == 0) {
+    if (nacks && (conn = pthread_getspecific(q->key))) conn->acks = trim ? 0 : conn->acks + (unsigned)nacks;
+    for (int c = 0; c < nchunks && rc == 0; c++) {
+      if (rep[c]->type == REDIS_REPLY_ERROR) {
+        rc = reply_err(q, rep[c], "complete_batch", err);
+        nq_err_prefix(err, "complete_batch items %d..%d of %d (task %s)", ch[c].lo, ch[c].hi - 1, n,
+                      items[ch[c].lo].task);
+        break;
+      }
+      rc = cchunk_parse(q, &ch[c], rep[c], items, counts, changed, err);
+    }
+    for (int j = 0; j < ncmd; j++) freeReplyObject(rep[j]); /* a failed trim is retried later */
+  }
+  for (int j = 0; cmds && j < ncmd; j++) da_free(&cmds[j]);
+  for (int c = 0; ch && c < nchunks; c++) cchunk_free(&ch[c]);
+  free(ch);
+  free(cmds);
+  free(script);
+  free(rep);
+  free(nk);
+  return rc;
 }
 
 /* ---------------------------------------------------------------- DLQ */
@@ -1087,6 +1512,8 @@ static const nq_queue_i redis_vt = {
     .dlq_list = r_dlq_list,
     .dlq_requeue = r_dlq_requeue,
     .dlq_purge = r_dlq_purge,
+    .publish_batch = r_publish_batch,
+    .complete_batch = r_complete_batch,
     .free = r_free,
 };
 
