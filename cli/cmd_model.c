@@ -17,7 +17,7 @@ static void nq_model__usage(FILE *f) {
   fprintf(f,
           "usage: nextq model inspect FILE\n"
           "       nextq model convert FILE --out OUT.safetensors\n"
-          "       nextq model init-tiny --out DIR      (tiny NExT-GPT with the real layouts; not built yet)\n"
+          "       nextq model init-tiny --out DIR [--seed S] [--models DIR | --random]   (tiny NExT-GPT, real layouts)\n"
           "  FILE: .safetensors, *.safetensors.index.json, a torch.save checkpoint (.pt/.pth/.bin; zip or legacy\n"
           "        format) or pytorch_model.bin.index.json. Torch pickles are read by a restricted unpickler that\n"
           "        only rebuilds tensors: any other global is refused and nothing is executed.\n"
@@ -80,11 +80,14 @@ static int nq_model__convert(const char *path, const char *out) {
   return rc ? 1 : 0;
 }
 
+int nq_cli_model_init_tiny(int argc, char **argv); /* cli/cmd_model_tiny.c */
+
 int nq_cli_model(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     nq_model__usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  if (!strcmp(argv[1], "init-tiny")) return nq_cli_model_init_tiny(argc - 1, argv + 1); /* cli/cmd_model_tiny.c */
   const char *sub = argv[1], *file = NULL, *out = NULL;
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
@@ -112,10 +115,6 @@ int nq_cli_model(int argc, char **argv) {
       return 2;
     }
     return nq_model__convert(file, out);
-  }
-  if (!strcmp(sub, "init-tiny")) {
-    fprintf(stderr, "nextq model init-tiny: not available in this build yet\n");
-    return 2;
   }
   fprintf(stderr, "nextq model: unknown subcommand '%s'\n", sub);
   nq_model__usage(stderr);

@@ -7,6 +7,7 @@
 static const nq_stage_t *const registry[] = {
     &nq_stage_noop,
     &nq_stage_llm,
+    &nq_stage_encode,
     NULL,
 };
 

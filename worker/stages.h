@@ -6,5 +6,6 @@
 
 extern const nq_stage_t nq_stage_noop;
 extern const nq_stage_t nq_stage_llm;
+extern const nq_stage_t nq_stage_encode;
 
 #endif

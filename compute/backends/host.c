@@ -92,8 +92,51 @@ static void nq_host__attn_cb(void *ctx, int64_t i0, int64_t i1, int tid) {
   }
 }
 
+typedef struct {
+  const nq_op_desc_t *op;
+  nq_core__conv_t c;
+  float *wbuf; /* per thread: wper floats */
+  int64_t wper;
+} nq_host__conv_job_t;
+
+static void nq_host__conv_cb(void *ctx, int64_t p0, int64_t p1, int tid) {
+  nq_host__conv_job_t *j = ctx;
+  float *wb = j->wbuf + (int64_t)tid * j->wper;
+  if (j->op->op == NQ_OP_CONV2D)
+    nq_core__conv2d_planes(j->op, &j->c, p0, p1, wb);
+  else
+    nq_core__convt1d_rows(j->op, &j->c, p0, p1, wb);
+}
+
+static void nq_host__gn_cb(void *ctx, int64_t i0, int64_t i1, int tid) { nq_core__groupnorm_items(ctx, i0, i1); }
+static void nq_host__up_cb(void *ctx, int64_t r0, int64_t r1, int tid) { nq_core__upsample_rows(ctx, r0, r1); }
+
+static int nq_host__vision(const nq_op_desc_t *op, nq_pool_t *pool, nq_err_t *err) {
+  const nq_tensor_t *x = op->src[0];
+  switch (op->op) {
+    case NQ_OP_CONV2D:
+    case NQ_OP_CONV_TRANSPOSE1D: {
+      nq_host__conv_job_t j = {.op = op, .c = nq_core__conv_of(op)};
+      j.wper = (j.c.cig * j.c.kh * j.c.kw + 15) & ~(int64_t)15;
+      int nt = nq_pool_size(pool);
+      j.wbuf = malloc(sizeof(float) * (size_t)(j.wper * nt));
+      if (!j.wbuf) return nq_err_set(err, NQ_ENOMEM, 0, "%s: weight scratch", nq_op_name(op->op));
+      nq_pool_for(pool, j.c.N * j.c.Co, 1, nq_host__conv_cb, &j);
+      free(j.wbuf);
+      return 0;
+    }
+    case NQ_OP_GROUPNORM: nq_pool_for(pool, x->ne[0] * op->i[0], 1, nq_host__gn_cb, (void *)op); return 0;
+    default: {
+      int64_t rows = x->ne[0] * x->ne[1] * x->ne[2] * op->i[0];
+      nq_pool_for(pool, rows, 16, nq_host__up_cb, (void *)op);
+      return 0;
+    }
+  }
+}
+
 int nq_backends__host_run(const nq_op_desc_t *op, nq_pool_t *pool, nq_err_t *err) {
   nq_host__job_t j = {.op = op};
+  if (op->op >= NQ_OP_CONV2D) return nq_host__vision(op, pool, err);
   j.y = nq_core__rows_of(op->dst);
   if (op->op == NQ_OP_EMBED) {
     nq_pool_for(pool, j.y.n, 1, nq_host__embed_cb, &j);

@@ -38,6 +38,15 @@ typedef enum nq_op {
   NQ_OP_ATTENTION,  /* dst[T,H*hd] = softmax(q k^T * f[0]) v per head; src0 = q [T,H*hd], src1 = K cache [S,KV*hd],
                        src2 = V cache [S,KV*hd] (f32); i[0] = H, i[1] = KV heads (GQA: H % KV == 0), i[2] = pos0
                        (position of query row 0), i[3] = causal (query t sees keys 0..pos0+t) */
+  /* vision / diffusion (NCHW, contiguous F32 activations; weights F32/BF16/F16 contiguous; dst never aliases) */
+  NQ_OP_CONV2D,     /* dst[N,Co,Ho,Wo] = conv(src0 [N,Ci,H,W], src1 = w [Co,Ci/g,kh,kw]) + src2 (bias [Co] or NULL);
+                       i[0..1] = stride h,w; i[2..3] = pad h,w; i[4..5] = dilation h,w; i[6] = groups.
+                       nq_op_conv1d runs as this op on [N,C,1,L] views. */
+  NQ_OP_CONV_TRANSPOSE1D, /* dst[N,Co,Lo] = conv_transpose(src0 [N,Ci,L], src1 = w [Ci,Co/g,k]) + src2 (bias or NULL);
+                       i[0] = stride, i[1] = pad, i[2] = output_padding, i[3] = dilation, i[4] = groups */
+  NQ_OP_GROUPNORM,  /* dst = groupnorm(src0 [N,C,*]) * src1 [C] + src2 [C] (either may be NULL); i[0] = groups,
+                       f[0] = eps; may alias src0 */
+  NQ_OP_UPSAMPLE_NEAREST, /* dst[N,C,H*f,W*f] = src0[N,C,H,W] repeated; i[0] = f */
   NQ_OP_COUNT
 } nq_op_t;
 
@@ -63,7 +72,7 @@ typedef struct nq_op_desc {
   nq_tensor_t *dst;             /* may alias src[0] for row-wise ops */
   nq_linear_t *lin;             /* NQ_OP_LINEAR */
   float f[2];
-  int64_t i[4];
+  int64_t i[8];
 } nq_op_desc_t;
 
 typedef struct nq_backend nq_backend_t;

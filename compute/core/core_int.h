@@ -20,6 +20,24 @@ void nq_core__row_to_f32(float *y, const void *table, nq_dtype_t dt, int64_t id,
 void nq_core__attn_head(float *out, const float *q, const float *k, const float *v, int64_t kv_stride,
                         int64_t n_keys, int head_dim, float scale, float *scores);
 
+/* ---- vision ops (compute/core/conv.c) ---- */
+typedef struct nq_core__conv {
+  int64_t N, Ci, H, W, Co, kh, kw, Ho, Wo; /* conv2d; conv_transpose1d uses H = Ho = kh = 1, W = L, Wo = Lo */
+  int64_t sh, sw, ph, pw, dh, dw, g, opad;
+  int64_t cig, cog;                        /* channels per group (in, out) */
+} nq_core__conv_t;
+nq_core__conv_t nq_core__conv_of(const nq_op_desc_t *op); /* CONV2D or CONV_TRANSPOSE1D, after nq_op_check */
+/* Weights of output channel co (CONV2D: [Ci/g * kh * kw]) as f32. */
+void nq_core__conv_wrow(float *dst, const nq_tensor_t *w, int64_t co, int64_t len);
+/* Output planes p in [p0, p1) (p = n * Co + co), direct loops; wbuf: scratch of Ci/g*kh*kw floats. */
+void nq_core__conv2d_planes(const nq_op_desc_t *op, const nq_core__conv_t *c, int64_t p0, int64_t p1, float *wbuf);
+/* ConvTranspose1d output rows p in [p0, p1) (p = n * Co + co), gather form; wbuf: Ci/g*k floats. */
+void nq_core__convt1d_rows(const nq_op_desc_t *op, const nq_core__conv_t *c, int64_t p0, int64_t p1, float *wbuf);
+/* GroupNorm of (n, group) items [i0, i1). */
+void nq_core__groupnorm_items(const nq_op_desc_t *op, int64_t i0, int64_t i1);
+/* Nearest upsampling of output rows [r0, r1) (row = (n*C + c)*Ho + oy). */
+void nq_core__upsample_rows(const nq_op_desc_t *op, int64_t r0, int64_t r1);
+
 /* Descriptor accessors. */
 typedef struct nq_core__rows {
   int64_t n, len, stride;

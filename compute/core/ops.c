@@ -9,7 +9,8 @@
 const char *nq_op_name(nq_op_t op) {
   static const char *names[NQ_OP_COUNT] = {"linear", "rmsnorm",   "layernorm",  "rope", "softmax", "silu",
                                            "gelu",   "gelu_tanh", "quick_gelu", "add",  "mul",     "swiglu",
-                                           "embed",  "attention"};
+                                           "embed",  "attention", "conv2d", "conv_transpose1d",
+                                           "groupnorm", "upsample_nearest"};
   return (op >= 0 && op < NQ_OP_COUNT) ? names[op] : "?";
 }
 
@@ -33,11 +34,103 @@ static int nq_ops__vec(const nq_tensor_t *t, int64_t n, const char *what, nq_op_
   return 0;
 }
 
+/* Contiguous F32 activation of ndim dims (ndim < 0: at least -ndim dims). */
+static int nq_ops__act(const nq_tensor_t *t, int ndim, const char *what, nq_op_t op, nq_err_t *err) {
+  if (!t || !t->data) return nq_err_set(err, NQ_EINVAL, 0, "%s: %s missing", nq_op_name(op), what);
+  if (t->dtype != NQ_DT_F32 || !nq_tensor_is_contiguous(t) || (ndim >= 0 ? t->ndim != ndim : t->ndim < -ndim))
+    return nq_err_set(err, NQ_ESHAPE, 0, "%s: %s must be contiguous F32 with %s%d dims (got %s, %d dims)",
+                      nq_op_name(op), what, ndim < 0 ? ">= " : "", ndim < 0 ? -ndim : ndim, nq_dtype_name(t->dtype),
+                      t->ndim);
+  for (int d = 0; d < t->ndim; d++)
+    if (t->ne[d] <= 0) return nq_err_set(err, NQ_ESHAPE, 0, "%s: %s has an empty dim %d", nq_op_name(op), what, d);
+  return 0;
+}
+
+static int nq_ops__vision_check(const nq_op_desc_t *op, nq_err_t *err) {
+  const char *nm = nq_op_name(op->op);
+  const nq_tensor_t *x = op->src[0], *w = op->src[1], *y = op->dst;
+  int rc;
+  switch (op->op) {
+    case NQ_OP_CONV2D:
+    case NQ_OP_CONV_TRANSPOSE1D: {
+      int nd = op->op == NQ_OP_CONV2D ? 4 : 3;
+      if ((rc = nq_ops__act(x, nd, "x", op->op, err)) < 0 || (rc = nq_ops__act(y, nd, "y", op->op, err)) < 0)
+        return rc;
+      if (!w || !w->data || w->ndim != nd || !nq_tensor_is_contiguous(w) ||
+          (w->dtype != NQ_DT_F32 && w->dtype != NQ_DT_BF16 && w->dtype != NQ_DT_F16))
+        return nq_err_set(err, NQ_ESHAPE, 0, "%s: weight must be contiguous %d-d F32/BF16/F16", nm, nd);
+      if (x->data == y->data) return nq_err_set(err, NQ_EINVAL, 0, "%s: y must not alias x", nm);
+      const int64_t *p = op->i;
+      int64_t g = op->op == NQ_OP_CONV2D ? p[6] : p[4];
+      bool bad = g < 1 || x->ne[1] % g;
+      for (int k = 0; k < (nd == 4 ? 6 : 4); k++) bad |= p[k] < 0 || p[k] > (1 << 20);
+      if (op->op == NQ_OP_CONV2D) bad |= p[0] < 1 || p[1] < 1 || p[4] < 1 || p[5] < 1;
+      else bad |= p[0] < 1 || p[3] < 1;
+      if (bad) return nq_err_set(err, NQ_EINVAL, 0, "%s: bad stride/pad/dilation/groups (groups %lld, Cin %lld)", nm,
+                                 (long long)g, (long long)x->ne[1]);
+      int64_t N = x->ne[0], Ci = x->ne[1], Co;
+      if (op->op == NQ_OP_CONV2D) {
+        Co = w->ne[0];
+        int64_t kh = w->ne[2], kw = w->ne[3];
+        int64_t Ho = (x->ne[2] + 2 * p[2] - p[4] * (kh - 1) - 1), Wo = (x->ne[3] + 2 * p[3] - p[5] * (kw - 1) - 1);
+        Ho = Ho < 0 ? 0 : Ho / p[0] + 1, Wo = Wo < 0 ? 0 : Wo / p[1] + 1;
+        if (w->ne[1] * g != Ci || Co % g || y->ne[0] != N || y->ne[1] != Co || y->ne[2] != Ho || y->ne[3] != Wo)
+          return nq_err_set(err, NQ_ESHAPE, 0,
+                            "conv2d: x [%lld,%lld,%lld,%lld] * w [%lld,%lld,%lld,%lld] (groups %lld) -> y "
+                            "[%lld,%lld,%lld,%lld], want [%lld,%lld,%lld,%lld]",
+                            (long long)N, (long long)Ci, (long long)x->ne[2], (long long)x->ne[3], (long long)Co,
+                            (long long)w->ne[1], (long long)kh, (long long)kw, (long long)g, (long long)y->ne[0],
+                            (long long)y->ne[1], (long long)y->ne[2], (long long)y->ne[3], (long long)N, (long long)Co,
+                            (long long)Ho, (long long)Wo);
+      } else {
+        Co = w->ne[1] * g;
+        int64_t k = w->ne[2];
+        int64_t Lo = (x->ne[2] - 1) * p[0] - 2 * p[1] + p[3] * (k - 1) + p[2] + 1;
+        if (w->ne[0] != Ci || (p[2] >= p[0] && p[2] >= p[3]) || y->ne[0] != N || y->ne[1] != Co || y->ne[2] != Lo ||
+            Lo < 1)
+          return nq_err_set(err, NQ_ESHAPE, 0,
+                            "conv_transpose1d: x [%lld,%lld,%lld] * w [%lld,%lld,%lld] (groups %lld, output_padding "
+                            "%lld) -> y [%lld,%lld,%lld], want [%lld,%lld,%lld]",
+                            (long long)N, (long long)Ci, (long long)x->ne[2], (long long)w->ne[0], (long long)w->ne[1],
+                            (long long)k, (long long)g, (long long)p[2], (long long)y->ne[0], (long long)y->ne[1],
+                            (long long)y->ne[2], (long long)N, (long long)Co, (long long)Lo);
+      }
+      return nq_ops__vec(op->src[2], Co, "bias", op->op, err);
+    }
+    case NQ_OP_GROUPNORM: {
+      if ((rc = nq_ops__act(x, -2, "x", op->op, err)) < 0 || (rc = nq_ops__act(y, -2, "y", op->op, err)) < 0)
+        return rc;
+      if (!nq_tensor_same_shape(x, y)) return nq_err_set(err, NQ_ESHAPE, 0, "groupnorm: y shape != x shape");
+      if (op->i[0] < 1 || x->ne[1] % op->i[0])
+        return nq_err_set(err, NQ_ESHAPE, 0, "groupnorm: %lld groups do not divide %lld channels", (long long)op->i[0],
+                          (long long)x->ne[1]);
+      if ((rc = nq_ops__vec(op->src[1], x->ne[1], "gamma", op->op, err)) < 0) return rc;
+      return nq_ops__vec(op->src[2], x->ne[1], "beta", op->op, err);
+    }
+    case NQ_OP_UPSAMPLE_NEAREST: {
+      if ((rc = nq_ops__act(x, 4, "x", op->op, err)) < 0 || (rc = nq_ops__act(y, 4, "y", op->op, err)) < 0)
+        return rc;
+      int64_t f = op->i[0];
+      if (f < 1 || f > 64 || y->ne[0] != x->ne[0] || y->ne[1] != x->ne[1] || y->ne[2] != x->ne[2] * f ||
+          y->ne[3] != x->ne[3] * f)
+        return nq_err_set(err, NQ_ESHAPE, 0,
+                          "upsample_nearest: x [%lld,%lld,%lld,%lld] x%lld -> y [%lld,%lld,%lld,%lld]",
+                          (long long)x->ne[0], (long long)x->ne[1], (long long)x->ne[2], (long long)x->ne[3],
+                          (long long)f, (long long)y->ne[0], (long long)y->ne[1], (long long)y->ne[2],
+                          (long long)y->ne[3]);
+      if (x->data == y->data) return nq_err_set(err, NQ_EINVAL, 0, "upsample_nearest: y must not alias x");
+      return 0;
+    }
+    default: return nq_err_set(err, NQ_EINVAL, 0, "%s: not a vision op", nm);
+  }
+}
+
 int nq_op_check(const nq_op_desc_t *op, nq_err_t *err) {
   nq_core__rows_t x, y, b;
   int rc;
   const char *nm = nq_op_name(op->op);
   if (op->op < 0 || op->op >= NQ_OP_COUNT) return nq_err_set(err, NQ_EINVAL, 0, "op %d unknown", (int)op->op);
+  if (op->op >= NQ_OP_CONV2D) return nq_ops__vision_check(op, err);
   if (op->op == NQ_OP_EMBED) {
     const nq_tensor_t *tab = op->src[0], *ids = op->src[1];
     if (!tab || tab->ndim != 2 || !nq_tensor_is_contiguous(tab) ||
@@ -273,5 +366,56 @@ int nq_op_attention(nq_exec_t *ex, nq_tensor_t *out, const nq_tensor_t *q, const
                     .dst = out,
                     .f = {scale},
                     .i = {n_heads, n_kv_heads, pos0, causal}};
+  return nq_exec_run(ex, &d, err);
+}
+
+/* ---- vision / diffusion ---- */
+
+int nq_op_conv2d(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *w, const nq_tensor_t *bias,
+                 int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, nq_err_t *err) {
+  nq_op_desc_t d = {.op = NQ_OP_CONV2D,
+                    .src = {x, w, bias},
+                    .dst = y,
+                    .i = {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups}};
+  return nq_exec_run(ex, &d, err);
+}
+
+/* [N,C,L] as [N,C,1,L] (contiguity is checked by the 2-d op; a non-contiguous input fails the reshape). */
+static int nq_ops__as4d(const nq_tensor_t *t, const char *what, nq_tensor_t *out, nq_err_t *err) {
+  if (!t || !t->data || t->ndim != 3)
+    return nq_err_set(err, NQ_ESHAPE, 0, "conv1d: %s must be a 3-d tensor", what);
+  int rc = nq_tensor_view_reshape(t, 4, NQ_SHAPE(t->ne[0], t->ne[1], 1, t->ne[2]), out, err);
+  return rc < 0 ? nq_err_prefix(err, "conv1d: %s", what) : 0;
+}
+
+int nq_op_conv1d(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *w, const nq_tensor_t *bias,
+                 int stride, int pad, int dil, int groups, nq_err_t *err) {
+  nq_tensor_t x4, w4, y4;
+  int rc;
+  if ((rc = nq_ops__as4d(x, "x", &x4, err)) < 0 || (rc = nq_ops__as4d(w, "weight", &w4, err)) < 0 ||
+      (rc = nq_ops__as4d(y, "y", &y4, err)) < 0)
+    return rc;
+  nq_op_desc_t d = {.op = NQ_OP_CONV2D, .src = {&x4, &w4, bias}, .dst = &y4, .i = {1, stride, 0, pad, 1, dil, groups}};
+  return nq_exec_run(ex, &d, err);
+}
+
+int nq_op_conv_transpose1d(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *w,
+                           const nq_tensor_t *bias, int stride, int pad, int output_padding, int dil, int groups,
+                           nq_err_t *err) {
+  nq_op_desc_t d = {.op = NQ_OP_CONV_TRANSPOSE1D,
+                    .src = {x, w, bias},
+                    .dst = y,
+                    .i = {stride, pad, output_padding, dil, groups}};
+  return nq_exec_run(ex, &d, err);
+}
+
+int nq_op_groupnorm(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, const nq_tensor_t *gamma,
+                    const nq_tensor_t *beta, int groups, float eps, nq_err_t *err) {
+  nq_op_desc_t d = {.op = NQ_OP_GROUPNORM, .src = {x, gamma, beta}, .dst = y, .f = {eps}, .i = {groups}};
+  return nq_exec_run(ex, &d, err);
+}
+
+int nq_op_upsample_nearest(nq_exec_t *ex, nq_tensor_t *y, const nq_tensor_t *x, int factor, nq_err_t *err) {
+  nq_op_desc_t d = {.op = NQ_OP_UPSAMPLE_NEAREST, .src = {x}, .dst = y, .i = {factor}};
   return nq_exec_run(ex, &d, err);
 }
