@@ -110,10 +110,12 @@ int nq_envelope_make(nq_envelope_t *env, const char *job, const char *task, cons
                      int max_attempts, json_t *input, json_t *params, const char *output, json_t *next,
                      const char *trace, nq_err_t *err) {
   memset(env, 0, sizeof *env);
-  json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:i,s:i,s:O,s:O,s:s,s:O}", "v", NQ_ENVELOPE_VERSION, "job", job, "task", task,
+  /* "o" steals a reference: pass our own (incref'ed caller objects or fresh defaults) */
+  json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:i,s:i,s:o,s:o,s:s,s:o}", "v", NQ_ENVELOPE_VERSION, "job", job, "task", task,
                         "stage", stage, "device", device ? device : "cpu", "attempt", 1, "max_attempts", max_attempts,
-                        "input", input ? input : json_object(), "params", params ? params : json_object(), "output", output,
-                        "next", next ? next : json_array());
+                        "input", input ? json_incref(input) : json_object(), "params",
+                        params ? json_incref(params) : json_object(), "output", output, "next",
+                        next ? json_incref(next) : json_array());
   if (!o) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "envelope: cannot build message for task %s", task ? task : "?");
   if (trace && *trace) json_object_set_new(o, "trace", json_string(trace));
   env->obj = o;
