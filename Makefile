@@ -21,7 +21,7 @@ WITH_ONEDNN   ?= 1
 WITH_CUDA     ?= $(shell command -v nvcc >/dev/null 2>&1 && echo 1 || echo 0)
 
 PKGS    := yaml-0.1 jansson libcrypto hiredis libarchive rdkafka zlib libpcre2-8 icu-uc libpng libjpeg libwebp libwebpdemux sndfile \
-           libavformat libavcodec libavutil libswscale
+           libavformat libavcodec libavutil libswscale libmicrohttpd libcurl
 LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 ifeq ($(WITH_OPENBLAS),1)
 CFLAGS  += -DNQ_WITH_OPENBLAS $(shell pkg-config --cflags openblas 2>/dev/null)
@@ -34,7 +34,7 @@ endif
 EXTRA_LIBS ?=
 LIBS    += $(EXTRA_LIBS)
 
-MODULES := common store queue datasets scheduler worker \
+MODULES := common store queue datasets scheduler worker api \
            compute/core compute/backends compute/io compute/tokenizers compute/models \
            compute/models/samplers compute/pipelines
 LIB_SRC := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
@@ -108,3 +108,6 @@ clean:
 	rm -rf $(BUILD) build-san
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+
+# api/page.c embeds the page with .incbin, which -MMD cannot see
+$(BUILD)/obj/api/page.o: api/static/index.html api/static/openapi.json

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "cli/cli.h"
 #include "cli/cli_util.h"
 #include "common/config.h"
@@ -22,6 +23,7 @@ typedef struct worker_cfg {
   char *file_root, *s3_root;
   char *log_level, *log_format;
   json_t *stage_config;
+  char *metrics_listen;
 } worker_cfg_t;
 
 #define O(f) offsetof(worker_cfg_t, f)
@@ -40,6 +42,7 @@ static const nq_prop_t worker_props[] = {
     {"store.s3_root", NQ_PROP_STRING, O(s3_root), 0, 0, NULL, NULL, 0, "mount root for s3://bucket/key"},
     {"log.level", NQ_PROP_ENUM, O(log_level), 0, 0, "info", "debug|info|warn|error", 0, "log level"},
     {"log.format", NQ_PROP_ENUM, O(log_format), 0, 0, "auto", "auto|human|json", 0, "human on a terminal, JSON lines otherwise"},
+    {"metrics_listen", NQ_PROP_STRING, O(metrics_listen), 0, 0, NULL, NULL, 0, "Prometheus /metrics on HOST:PORT"},
     {"stage_config", NQ_PROP_JSON, O(stage_config), 0, 0, NULL, NULL, 0, "per-stage settings: {llm: {model: ...}, ...}"},
     {0},
 };
@@ -49,7 +52,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: nextq worker [--config worker.yaml] [--queue URL] [--stages a,b] [--device cpu|cuda] [--threads N]\n"
           "                    [--batch N] [--lease-ms MS] [--grace-ms MS] [--store-root DIR] [--s3-root DIR]\n"
-          "                    [--set KEY=VALUE]...\n"
+          "                    [--metrics-listen HOST:PORT] [--set KEY=VALUE]...\n"
           "Serves the stages until SIGTERM/SIGINT, then drains: stops fetching, finishes in-flight tasks within the\n"
           "grace period or hands them back to the queue, exits 0. Environment NQ_WORKER_<KEY> overrides the config\n"
           "file (e.g. NQ_WORKER_THREADS=4); flags override both.\n\nsettings:\n");
@@ -63,7 +66,7 @@ int nq_cli_worker(int argc, char **argv) {
                                      {"device", 1, 0, 'd'},   {"threads", 1, 0, 't'},  {"batch", 1, 0, 'b'},
                                      {"lease-ms", 1, 0, 'l'}, {"grace-ms", 1, 0, 'g'}, {"store-root", 1, 0, 'r'},
                                      {"s3-root", 1, 0, '3'},  {"set", 1, 0, 'S'},      {"help", 0, 0, 'h'},
-                                     {0, 0, 0, 0}};
+                                     {"metrics-listen", 1, 0, 'm'}, {0, 0, 0, 0}};
   worker_cfg_t cfg;
   memset(&cfg, 0, sizeof cfg);
   nq_err_t err = {0};
@@ -98,6 +101,7 @@ int nq_cli_worker(int argc, char **argv) {
       case 'g': key = "grace_ms"; break;
       case 'r': key = "store.file_root"; break;
       case '3': key = "store.s3_root"; break;
+      case 'm': key = "metrics_listen"; break;
       case 'S': {
         snprintf(kv, sizeof kv, "%s", optarg);
         char *eq = strchr(kv, '=');
@@ -130,6 +134,18 @@ int nq_cli_worker(int argc, char **argv) {
   nq_queue_t *q = nq_cli_open_queue(nq_cli_queue_url(cfg.queue), (int)cfg.lease_ms);
   nq_store_t *st = q ? nq_cli_open_store(cfg.file_root, cfg.s3_root) : NULL;
   int code = 2;
+  nq_api_metrics_server_t *msrv = NULL;
+  nq_api_queue_watch_t *mwatch = NULL;
+  if (q && st && cfg.metrics_listen) { /* Prometheus /metrics: worker counters + queue gauges of the served topics */
+    if (nq_api_metrics_server_new(cfg.metrics_listen, &msrv, &err) != 0) {
+      fprintf(stderr, "nextq: worker: %s\n", err.msg);
+      nq_store_free(st);
+      st = NULL;
+    } else {
+      mwatch = nq_api_queue_watch(q, stages, (int)ns, cfg.device);
+      NQ_INFO("worker", "metrics on %s (port %d)", cfg.metrics_listen, nq_api_metrics_server_port(msrv));
+    }
+  }
   if (q && st) {
     static volatile sig_atomic_t stop = 0;
     nq_cli_on_signals(&stop);
@@ -146,6 +162,8 @@ int nq_cli_worker(int argc, char **argv) {
       if (ws.released) _exit(0); /* threads still inside a stage use the queue and store: don't free them */
     }
   }
+  nq_api_queue_unwatch(mwatch);
+  nq_api_metrics_server_free(msrv);
   nq_store_free(st);
   nq_queue_close(q);
   free(stages);

@@ -20,6 +20,10 @@ PKGS=(
   libjpeg62-turbo-dev libpng-dev libwebp-dev  # image decoding
   libsndfile1-dev                 # WAV/FLAC/OGG decoding and WAV writing
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev  # video decoding/encoding
+  libmicrohttpd-dev               # `nextq api` HTTP server and the --metrics-listen Prometheus endpoint
+  libcurl4-openssl-dev            # API integration tests: real HTTP client (and WebDriver calls to chromedriver)
+  chromium chromium-driver        # headless browser test of the demo page (the test SKIPs when absent)
+  wrk                             # bench/bench_api.sh: HTTP load generator for POST /v1/generate (loopback only)
 )
 
 missing=()

@@ -50,6 +50,9 @@ for batch in 1 100; do
   echo "queue e2e: noop through redis, 1 worker, fetch batch $batch, outputs in $(dirname "$outdir"): ${med} tasks/s (runs: ${vals[*]}); raw loop ${raw} msgs/s; ratio ${ratio}"
 done
 
+echo "== api: POST /v1/generate (noop) with wrk, beside GET /healthz"
+bash bench/bench_api.sh "$bin" || echo "bench_api: skipped"
+
 for b in "${benches[@]}"; do
   name=$(basename "$b")
   case "$name" in bench_queue_raw) continue ;; esac

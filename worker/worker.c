@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/metrics.h"
 #include "scheduler/scheduler.h"
 
 typedef struct inflight {
@@ -29,6 +30,8 @@ typedef struct worker {
   nq_worker_stats_t stats;
   int running;                 /* task threads still running */
   char host[128];
+  /* Prometheus series (common/metrics.h), registered by nq_worker_run */
+  nq_metric_t *m_tasks, *m_latency, *m_retries, *m_inflight, *m_tokens, *m_images, *m_load;
 } worker_t;
 
 typedef struct thread_arg {
@@ -127,6 +130,7 @@ static void handle_malformed(worker_t *w, const char *group, const nq_delivery_t
   snprintf(reason, sizeof reason, "malformed message: %s", perr->msg);
   NQ_WARN("worker", "%s on %s: %s", d->id, d->topic, reason);
   stat_add(w, &w->stats.malformed, 1);
+  nq_metric_add(w->m_tasks, 1, "?", "malformed");
   if (nq_envelope_peek_ids(d->body, d->len, job, sizeof job, task, sizeof task) == 0 && task[0]) {
     nq_err_t err = {0};
     if (publish_terminal(w, NULL, job, task, "?", "dead", (int)d->delivery_count, NULL, NULL, perr, &err))
@@ -137,10 +141,20 @@ static void handle_malformed(worker_t *w, const char *group, const nq_delivery_t
 }
 
 /* Follow-up stage: same task id and output prefix; the earlier stages' results ride along in input.prev. */
+/* The follow-up stages of a task: the stage may decide them itself (result "next": [..], e.g. NExT-GPT's LLM routes to
+ * generate-image/-audio/-video by the signal tokens it produced), else the envelope's list. Borrowed. */
+static json_t *next_stages(const nq_envelope_t *env, json_t *result) {
+  json_t *n = json_object_get(result, "next");
+  return json_is_array(n) ? n : env->next;
+}
+
 static int publish_next(worker_t *w, const nq_envelope_t *env, json_t *outputs, json_t *result, nq_err_t *err) {
-  const char *next_stage = json_string_value(json_array_get(env->next, 0));
+  json_t *next = next_stages(env, result);
+  const char *next_stage = json_string_value(json_array_get(next, 0));
+  if (!next_stage || nq_id_check(next_stage, 64, "next stage", err))
+    return nq_err_set(err, NQ_EFORMAT, NQ_ERR_FATAL, "task %s: bad next stage", env->task);
   json_t *rest = json_array();
-  for (size_t i = 1; i < json_array_size(env->next); i++) json_array_append(rest, json_array_get(env->next, i));
+  for (size_t i = 1; i < json_array_size(next); i++) json_array_append(rest, json_array_get(next, i));
   json_t *input = json_deep_copy(env->input);
   json_t *prev = json_object_get(input, "prev");
   if (!json_is_object(prev)) {
@@ -148,6 +162,7 @@ static int publish_next(worker_t *w, const nq_envelope_t *env, json_t *outputs, 
     json_object_set_new(input, "prev", prev);
   }
   json_t *mine = json_deep_copy(result);
+  json_object_del(mine, "next");
   json_object_set(mine, "outputs", outputs);
   json_object_set_new(prev, env->stage, mine);
   nq_envelope_t ne;
@@ -184,6 +199,8 @@ static void finish_failed(worker_t *w, const char *group, const nq_delivery_t *d
       NQ_WARN("worker", "nack %s: %s (lease expiry will redeliver)", d->id, err.msg);
     free(body);
     stat_add(w, &w->stats.retried, 1);
+    nq_metric_add(w->m_tasks, 1, env->stage, "retried");
+    nq_metric_add(w->m_retries, 1, env->stage);
     return;
   }
   char reason[512];
@@ -194,6 +211,7 @@ static void finish_failed(worker_t *w, const char *group, const nq_delivery_t *d
     NQ_WARN("worker", "task %s: dead result: %s", env->task, err.msg);
   dead_letter(w, group, d, reason);
   stat_add(w, &w->stats.dead, 1);
+  nq_metric_add(w->m_tasks, 1, env->stage, "dead");
 }
 
 static void set_ms(nq_task_ctx_t *t, long long ms) {
@@ -216,7 +234,7 @@ static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, c
   for (int j = 0; items && bodies && from && j < k; j++) {
     const nq_envelope_t *env = t[j].env;
     const nq_delivery_t *d = &ds[map[j]];
-    if (json_array_size(env->next) > 0) {
+    if (json_array_size(next_stages(env, t[j].result)) > 0) {
       if (publish_next(w, env, t[j].outputs, t[j].result, &err) != 0) {
         NQ_WARN("worker", "task %s: next stage: %s; releasing for retry", env->task, err.msg);
         nq_err_t e2 = {0};
@@ -225,11 +243,13 @@ static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, c
       }
       ack(w, group, d);
       stat_add(w, &w->stats.ok, 1);
+      nq_metric_add(w->m_tasks, 1, env->stage, "ok");
       continue;
     }
     json_t *r = json_pack("{s:i,s:s,s:s,s:s,s:s,s:i,s:O}", "v", 1, "job", env->job, "task", env->task, "stage", env->stage,
                           "status", "ok", "attempts", attempts[j], "outputs", t[j].outputs);
     json_object_update_missing(r, t[j].result);
+    json_object_del(r, "next");
     bodies[m] = json_dumps(r, JSON_COMPACT);
     json_decref(r);
     items[m] = (nq_completion_t){.d = d, .job = env->job, .task = env->task, .status = "ok", .result = bodies[m]};
@@ -251,6 +271,12 @@ static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, c
     } else {
       stat_add(w, &w->stats.ok, m);
       stat_add(w, &w->stats.acks, m);
+      for (int i = 0; i < m; i++) {
+        json_t *tm = json_object_get(t[from[i]].result, "metrics");
+        nq_metric_add(w->m_tasks, 1, t[from[i]].env->stage, "ok");
+        nq_metric_add(w->m_tokens, (double)json_integer_value(json_object_get(tm, "new_tokens")), t[from[i]].env->stage);
+        nq_metric_add(w->m_images, (double)json_integer_value(json_object_get(tm, "images")), t[from[i]].env->stage);
+      }
       for (int i = 0; i < m; i++) {
         if (!changed[i] || !nq_job_counts_complete(&counts[i])) continue;
         nq_err_t ferr = {0};
@@ -304,6 +330,7 @@ static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, i
       publish_terminal(w, &envs[i], envs[i].job, envs[i].task, envs[i].stage, "dead", attempt, NULL, NULL, &e, &e2);
       dead_letter(w, group, &ds[i], reason);
       stat_add(w, &w->stats.dead, 1);
+      nq_metric_add(w->m_tasks, 1, envs[i].stage, "dead");
       nq_envelope_deinit(&envs[i]);
       continue;
     }
@@ -320,6 +347,7 @@ static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, i
     nq_log_set_context(ctx[off].env->job, ctx[off].env->task, ctx[off].env->trace);
     st->run_batch(w->state[si], ctx + off, k);
     long long ms = now_ms() - t0;
+    for (int j = off; j < off + k; j++) nq_metric_observe(w->m_latency, (double)ms / 1000.0, st->name);
     /* group commit of every output of the batch before anything is reported */
     nq_err_t cerr = {0};
     if (sbatch && nq_store_batch_commit(sbatch, &cerr) != 0) {
@@ -388,12 +416,14 @@ static void *task_thread(void *arg) {
       inflight_t *nodes = calloc((size_t)n, sizeof *nodes);
       pthread_mutex_lock(&w->mu);
       w->stats.fetched += n;
+      nq_metric_add(w->m_inflight, (double)n);
       for (int i = 0; nodes && i < n; i++) {
         nodes[i] = (inflight_t){&ds[i], group, ta->consumer, w->inflight};
         w->inflight = &nodes[i];
       }
       pthread_mutex_unlock(&w->mu);
       process(w, si, group, ds, n, sbatch);
+      nq_metric_add(w->m_inflight, -(double)n);
       pthread_mutex_lock(&w->mu);
       for (inflight_t **pp = &w->inflight; *pp;) {
         if (nodes && *pp >= nodes && *pp < nodes + n) *pp = (*pp)->next;
@@ -460,6 +490,14 @@ int nq_worker_run(const nq_worker_opts_t *opts_in, nq_worker_stats_t *stats, nq_
   pthread_mutex_init(&w.mu, NULL);
   pthread_cond_init(&w.cv, NULL);
   gethostname(w.host, sizeof w.host - 1);
+  w.m_tasks = nq_metrics_counter("nq_worker_tasks_total", "task deliveries finished, by stage and status "
+                                 "(ok|retried|dead|malformed)", "stage,status");
+  w.m_latency = nq_metrics_histogram("nq_worker_task_seconds", "stage run time of a task's batch", "stage", NULL, 0);
+  w.m_retries = nq_metrics_counter("nq_worker_retries_total", "retriable failures sent back with backoff", "stage");
+  w.m_inflight = nq_metrics_gauge("nq_worker_in_flight", "deliveries fetched and not yet finished", NULL);
+  w.m_tokens = nq_metrics_counter("nq_worker_tokens_total", "tokens generated (rate() = tokens/s)", "stage");
+  w.m_images = nq_metrics_counter("nq_worker_images_total", "images generated (rate() = images/s)", "stage");
+  w.m_load = nq_metrics_gauge("nq_worker_model_load_seconds", "stage init time (model load)", "stage");
   w.stages = calloc((size_t)o.nstages, sizeof *w.stages);
   w.state = calloc((size_t)o.nstages, sizeof *w.state);
   int rc = 0, inited = 0;
@@ -475,10 +513,12 @@ int nq_worker_run(const nq_worker_opts_t *opts_in, nq_worker_stats_t *stats, nq_
     }
     if (w.stages[i]->init) {
       const json_t *cfg = o.stage_config ? json_object_get(o.stage_config, o.stages[i]) : NULL;
+      long long tl = now_ms();
       if ((rc = w.stages[i]->init(&w.state[i], cfg, err))) {
         nq_err_prefix(err, "stage %s", o.stages[i]);
         goto out;
       }
+      nq_metric_set(w.m_load, (double)(now_ms() - tl) / 1000.0, o.stages[i]);
     }
   }
   thread_arg_t *args = calloc((size_t)o.threads, sizeof *args);
