@@ -47,15 +47,18 @@ for batch in 1 100; do
   done
   med=$(printf '%s\n' "${vals[@]}" | median)
   ratio=$(awk -v a="$med" -v b="$raw" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')
-  echo "queue e2e: noop through redis, 1 worker, fetch batch $batch, outputs in $(dirname "$outdir"): ${med} tasks/s (runs: ${vals[*]}); raw loop ${raw} msgs/s; ratio ${ratio}"
+  echo "queue e2e: noop through redis, 1 worker (1 thread), fetch batch $batch, outputs in $(dirname "$outdir"): ${med} tasks/s (runs: ${vals[*]}); raw loop ${raw} msgs/s; ratio ${ratio}"
 done
+
+echo "== store: group-committed puts vs bare syscalls (the per-task file floor under the e2e figures)"
+build/bench/bench_store "$(dirname "$outdir")" "$N" "$RUNS" | tail -1
 
 echo "== api: POST /v1/generate (noop) with wrk, beside GET /healthz"
 bash bench/bench_api.sh "$bin" || echo "bench_api: skipped"
 
 for b in "${benches[@]}"; do
   name=$(basename "$b")
-  case "$name" in bench_queue_raw) continue ;; esac
+  case "$name" in bench_queue_raw|bench_store) continue ;; esac
   echo "== $name"
   "$b"
 done
