@@ -50,7 +50,7 @@ TEST_HELP_OBJ := $(TEST_HELP:%.c=$(BUILD)/obj/%.o)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps test unit integration golden demo bench sanitize clean docs
+.PHONY: all deps test unit integration golden demo bench sanitize clean docs chaos
 all: deps $(BUILD)/nextq
 
 # deps: if a pkg-config module is missing, install (root) or print the apt-get line.
@@ -94,6 +94,11 @@ integration: all $(ITEST_BIN)
 test: all $(UNIT_BIN) $(ITEST_BIN)
 	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_SHARED=$(SHARED) tests/run-tests.sh $(UNIT_BIN) $(ITEST_BIN)
 
+# Full chaos run (the short one is part of `make test`): 10,000 noop + 200 tiny-LLM tasks, workers SIGKILLed
+# every 1.5 s, one redis-server restart; prints tasks terminal / lost / duplicated executions.
+chaos: all $(BUILD)/tests/test_chaos
+	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_CHAOS_NOOP=10000 NQ_CHAOS_LLM=200 $(BUILD)/tests/test_chaos --verbose=0 --timeout 1200
+
 demo: all
 	@NQ_SHARED=$(SHARED) scripts/demo.sh $(BUILD)/nextq
 
@@ -111,3 +116,40 @@ clean:
 
 # api/page.c embeds the page with .incbin, which -MMD cannot see
 $(BUILD)/obj/api/page.o: api/static/index.html api/static/openapi.json
+
+# ---- fuzzing: make fuzz [FUZZ_SECONDS=30] [FUZZ_TARGETS="envelope tar"] ---------------------------------------
+# libFuzzer targets tests/fuzz/fuzz_<name>.c, built with clang + ASan + UBSan against the library sources they
+# need, compiled again into build-fuzz/ (build/libnextq.a is gcc without sanitizers). Needs clang and
+# libclang-rt-dev (Debian). Seeds: tests/fuzz/corpus/<name>/; each target runs FUZZ_SECONDS.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_MODULES := common store queue datasets scheduler compute/core compute/io compute/tokenizers
+FUZZ_LIB_SRC := $(foreach m,$(FUZZ_MODULES),$(wildcard $(m)/*.c))
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_TARGETS ?= $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+FUZZ_CFLAGS  := $(CSTD) -O1 -g -fno-omit-frame-pointer $(filter-out -Werror,$(WARN)) -I. -pthread -fno-strict-aliasing \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+.PHONY: fuzz fuzz-build
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC(fuzz) $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/libnextq-fuzz.a: $(FUZZ_LIB_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(FUZZ_BUILD)/libnextq-fuzz.a
+	@echo "  LD(fuzz) $@"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DNQ_SHARED_DIR='"$(SHARED)"' -o $@ $< \
+	  $(FUZZ_BUILD)/libnextq-fuzz.a $(LIBS)
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	@FUZZ_OUT=$(FUZZ_BUILD) tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
+
+-include $(FUZZ_LIB_OBJ:.o=.d)

@@ -5,11 +5,15 @@
  *   fail_attempts: N   fail with a retriable error while attempt <= N (then succeed)
  *   fail_fatal: true   fail with a fatal error (dead-letter at once)
  *   sleep_ms: N        take N ms (to test leases, heartbeats and drain)
+ *   exec_log: PATH     append "<task>\n" to PATH on every execution (chaos tests count duplicate executions)
  */
+#include <fcntl.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "worker/stages.h"
 
@@ -21,6 +25,17 @@ static void noop_run_batch(void *state, nq_task_ctx_t *t, int n) {
     if (sleep_ms > 0) {
       struct timespec ts = {(time_t)(sleep_ms / 1000), (long)(sleep_ms % 1000) * 1000000L};
       while (nanosleep(&ts, &ts) != 0) {
+      }
+    }
+    const char *exec_log = json_string_value(json_object_get(env->params, "exec_log"));
+    if (exec_log) { /* one write(2) with O_APPEND: lines from concurrent workers never interleave */
+      char line[300];
+      int ln = snprintf(line, sizeof line, "%s\n", env->task);
+      int fd = open(exec_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+      if (fd >= 0) {
+        ssize_t wr = write(fd, line, (size_t)ln);
+        (void)wr;
+        close(fd);
       }
     }
     json_int_t fail_attempts = json_integer_value(json_object_get(env->params, "fail_attempts"));
