@@ -129,7 +129,7 @@ FUZZ_LIB_SRC := $(foreach m,$(FUZZ_MODULES),$(wildcard $(m)/*.c))
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_TARGETS ?= $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
-FUZZ_CFLAGS  := $(CSTD) -O1 -g -fno-omit-frame-pointer $(filter-out -Werror,$(WARN)) -I. -pthread -fno-strict-aliasing \
+FUZZ_CFLAGS  := $(CSTD) -O1 -g -fno-omit-frame-pointer $(filter-out -Werror -Wno-format-truncation,$(WARN)) -I. -pthread -fno-strict-aliasing \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 .PHONY: fuzz fuzz-build

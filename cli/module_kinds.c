@@ -24,5 +24,8 @@ const nq_module_kind_t nq_module_kinds[] = {
     {"vae-encode", nq_module_vae_encode, "image [N,3,H,W] -> mean [N,4,H/8,W/8] (AutoencoderKL latent_dist.mean)"},
     {"denoise", nq_module_denoise,
      "latents, prompt_embeds, negative_prompt_embeds -> latents (params.steps, guidance_scale; model unet/+scheduler/)"},
+    {"hifigan", nq_module_hifigan, "spectrogram [B,T,mels] -> waveform [B,samples] (SpeechT5HifiGan vocoder)"},
+    {"clap-text", nq_module_clap_text,
+     "input_ids, attention_mask [B,L] -> text_embeds [B,P] (before L2 norm), last_hidden_state [B,L,H] (CLAP text)"},
     {NULL, NULL, NULL},
 };

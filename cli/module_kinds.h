@@ -33,4 +33,8 @@ int nq_module_vae_decode(const nq_module_ctx_t *ctx, nq_err_t *err);
 int nq_module_vae_encode(const nq_module_ctx_t *ctx, nq_err_t *err);
 int nq_module_denoise(const nq_module_ctx_t *ctx, nq_err_t *err);
 
+/* cli/module_audio.c */
+int nq_module_hifigan(const nq_module_ctx_t *ctx, nq_err_t *err);
+int nq_module_clap_text(const nq_module_ctx_t *ctx, nq_err_t *err);
+
 #endif

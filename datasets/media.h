@@ -170,6 +170,33 @@ int nq_media_video_frame_indices(const nq_media_video_info_t *info, int64_t idx[
 int nq_media_video_preprocess_buf(const void *buf, size_t len, const char *name,
                                   float *out /* OUT [15,3,2,224,224] */, nq_err_t *err);
 
+/* ---- writers (datasets/media_write_av.c: libsndfile, libavcodec/libavformat/libswscale) ----------------- */
+
+typedef enum nq_media_wav_fmt {
+  NQ_MEDIA_WAV_PCM16 = 0, /* 16-bit PCM (samples clipped to [-1, 1]; what imageio/scipy write for NExT-GPT) */
+  NQ_MEDIA_WAV_FLOAT = 1, /* IEEE float32 */
+} nq_media_wav_fmt_t;
+
+/* Encode interleaved float samples [frames * channels] as a WAV file in memory. *out is malloc'ed (owned). */
+int nq_media_wav_encode(const float *samples /* borrowed [frames*channels] */, int64_t frames, int channels, int rate,
+                        nq_media_wav_fmt_t fmt, void **out /* OUT owned */, size_t *len /* OUT */, nq_err_t *err);
+
+typedef enum nq_media_video_fmt {
+  NQ_MEDIA_VIDEO_MP4 = 0, /* H.264 (libx264) when the build has an encoder for it, else MPEG-4 Part 2; yuv420p */
+  NQ_MEDIA_VIDEO_GIF = 1, /* animated GIF (libav's gif encoder, rgb8 palette), loops forever */
+} nq_media_video_fmt_t;
+
+/* Encode RGB8 frames [n_frames, h, w, 3] at `fps` into an MP4 or GIF file in memory. w and h are rounded down to even
+ * for MP4 (yuv420p). *codec (may be NULL) receives the encoder's name ("libx264", "mpeg4", "gif"). */
+int nq_media_video_encode(const uint8_t *rgb /* borrowed [n_frames*h*w*3] */, int n_frames, int w, int h, int fps,
+                          nq_media_video_fmt_t fmt, void **out /* OUT owned */, size_t *len /* OUT */,
+                          const char **codec /* OUT, static string, may be NULL */, nq_err_t *err);
+
+/* Encode RGB8 (rows top to bottom, w*h*3 bytes) as an 8-bit RGB PNG (libpng; datasets/media_png_write.c).
+ * *out is malloc'ed (caller frees). */
+int nq_media_png_encode(const uint8_t *rgb /* borrowed [h*w*3] */, int w, int h, void **out /* OUT owned */,
+                        size_t *out_len /* OUT */, nq_err_t *err);
+
 /* ---- helpers --------------------------------------------------------------------------------- */
 
 /* Read a whole file (<= 4 GiB) into a malloc'ed buffer. */

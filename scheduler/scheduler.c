@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "datasets/datasets.h"
 #include "queue/envelope.h"
+#include "scheduler/caption_metrics.h"
 
 #define O(f) offsetof(nq_job_spec_t, f)
 const nq_prop_t nq_job_props[] = {
@@ -235,6 +236,45 @@ static int cmp_str(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* The `eval` job kind: results carrying {"hyp", "refs"} (the llm stage with params.eval) are scored together and
+ * <job>/_eval.json written before the manifest (so _SUCCESS implies it). No such result: nothing is written. */
+static int eval_summary_write(nq_store_t *st, const char *out, json_t *latest, const char **keys, size_t nt,
+                              nq_err_t *err) {
+  nq_capmetrics_t *m = NULL;
+  long long skipped = 0;
+  int rc = 0;
+  for (size_t i = 0; i < nt && !rc; i++) {
+    json_t *r = json_object_get(latest, keys[i]), *ev = json_object_get(r, "eval");
+    if (!ev) continue;
+    if (!m && !(m = nq_capmetrics_new())) return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "eval: out of memory");
+    const char *hyp = json_string_value(json_object_get(ev, "hyp"));
+    json_t *refs = json_object_get(ev, "refs");
+    const char *rv[NQ_CAPMETRICS_MAX_REFS];
+    int n = 0;
+    for (size_t j = 0; j < json_array_size(refs) && n < NQ_CAPMETRICS_MAX_REFS; j++)
+      if (json_is_string(json_array_get(refs, j))) rv[n++] = json_string_value(json_array_get(refs, j));
+    nq_err_t e2 = {0};
+    if (!hyp || n == 0 || nq_capmetrics_add(m, hyp, rv, n, &e2)) skipped++; /* no reference: not scored */
+  }
+  if (!m) return 0;
+  nq_capmetrics_scores_t sc;
+  rc = nq_capmetrics_compute(m, &sc, err);
+  nq_capmetrics_free(m);
+  if (rc) return rc;
+  json_t *j = json_pack("{s:s,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:s}", "metric_impl", "pycocoevalcap bleu(closest)+cider-d",
+                        "items", (json_int_t)sc.n_items, "skipped", (json_int_t)skipped, "bleu_1", sc.bleu[0], "bleu_2",
+                        sc.bleu[1], "bleu_3", sc.bleu[2], "bleu_4", sc.bleu[3], "cider_d", sc.cider_d, "tokenizer",
+                        "lowercase, COCO punctuation removed, whitespace split");
+  char *body = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+  json_decref(j);
+  char uri[NQ_STORE_URI_MAX + 1];
+  nq_store_obj_t obj;
+  rc = body ? nq_store_join(out, "_eval.json", uri, sizeof uri, err) : nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "oom");
+  if (!rc) rc = nq_store_put(st, uri, body, strlen(body), &obj, err);
+  free(body);
+  return rc;
+}
+
 int nq_sched_finalize(nq_queue_t *q, nq_store_t *st, const char *job_id, int *complete, nq_err_t *err) {
   if (complete) *complete = 0;
   nq_job_counts_t c;
@@ -286,11 +326,13 @@ int nq_sched_finalize(nq_queue_t *q, nq_store_t *st, const char *job_id, int *co
                             json_object_get(r, "stage"));
     if (json_object_get(r, "error")) json_object_set(row, "error", json_object_get(r, "error"));
     if (json_object_get(r, "text")) json_object_set(row, "text", json_object_get(r, "text"));
+    if (json_object_get(r, "eval")) json_object_set(row, "eval", json_object_get(r, "eval"));
     lines[i] = json_dumps(row, JSON_COMPACT);
     json_decref(row);
   }
   if (!rc && (long long)nt < c.total)
     NQ_WARN("scheduler", "job %s: %lld tasks counted but %zu results found", job_id, c.total, nt);
+  if (!rc) rc = eval_summary_write(st, out, latest, keys, nt, err);
   if (!rc) rc = nq_store_manifest_write(st, out, (const char *const *)lines, nt, err);
   if (!rc) {
     if (nok == c.total && (long long)nt == c.total) rc = nq_store_success_write(st, out, err);

@@ -33,3 +33,24 @@ for line in open(sys.argv[1]):
     print(f"{r['task']}  [{r['status']}]  {r['text'].strip()[:110]}")
 PY
 test -f "$out/out/$job/_SUCCESS" && echo "== _SUCCESS: every task ok"
+
+# ---- NExT-GPT chain on the tiny model: captioning (encode -> llm) with BLEU-4 / CIDEr-D against the references ----
+tiny=build/tiny-nextgpt
+if [ ! -f "$tiny/nextgpt.yaml" ]; then
+  echo "== nextq model init-tiny --out $tiny"
+  NQ_MODELS_DIR="$shared/models" "$bin" model init-tiny --out "$tiny" >/dev/null
+fi
+echo "== nextq demo-data --out $out/data  (PNG + WAV + captions in a WebDataset shard, made by nextq itself)"
+"$bin" demo-data --out "$out/data" --n 4 >/dev/null
+mkdir -p "$out/jobs"
+sed "s#\.\./\.\./build/#$(pwd)/build/#g" configs/jobs/eval.yaml > "$out/jobs/eval.yaml"
+echo "== nextq run $out/jobs/eval.yaml  (encode -> llm, NExT-GPT tiny; random ImageBind/projectors: captions are noise)"
+job=$("$bin" run "$out/jobs/eval.yaml" --workers 2 2>/dev/null)
+echo "== $out/out/$job/_manifest.jsonl"
+python3 - "$out/out/$job/_manifest.jsonl" <<'PY' 2>/dev/null || cat "$out/out/$job/_manifest.jsonl"
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"{r['task']}  [{r['status']}]  ref: {r['eval']['refs'][0]!r}  caption: {r['text'].strip()[:60]!r}")
+PY
+echo "== $out/out/$job/_eval.json"; cat "$out/out/$job/_eval.json"; echo

@@ -410,9 +410,14 @@ static const char *nq_store__host(void) {
 /* A writer killed between creating its temp file and the rename (SIGKILL, OOM, power cut) leaves
  * `.<name>.tmp.<host>.<pid>.<tid>.<n>` behind. Before writing <name> again, remove such leftovers when their
  * writer is provably gone: same host and the pid no longer exists, or (any host) older than an hour. */
-static void nq_store__sweep_stale(const char *dir, const char *name) {
-  DIR *d = opendir(dir);
-  if (!d) return;
+static void nq_store__sweep_stale(int dir_fd, const char *name) {
+  int dup_fd = dup(dir_fd);
+  if (dup_fd < 0) return;
+  DIR *d = fdopendir(dup_fd);
+  if (!d) {
+    close(dup_fd);
+    return;
+  }
   char prefix[300];
   int pl = snprintf(prefix, sizeof prefix, ".%.180s.tmp.", name);
   const char *me = nq_store__host();
@@ -434,11 +439,96 @@ static void nq_store__sweep_stale(const char *dir, const char *name) {
   closedir(d);
 }
 
-/* Write data to a fresh temp file next to uri's final path. With `sync`, the temp file is fsynced. Fills tmp and path
- * (both PATH_MAX) and *obj (uri; sha256/bytes/type once written). */
-static int nq_store__stage(nq_store_t *st, const char *uri, const void *data, size_t len, int sync, char *tmp, char *path,
-                           char *dir, nq_store_obj_t *obj, nq_err_t *err) {
+/* The configured root (lexical and real) that applies to uri, or NULLs. */
+static void nq_store__root_of(const nq_store_t *st, const char *uri, const char **root, const char **root_real) {
+  size_t sl = nq_store__scheme(uri);
+  if (sl == 2 && strncasecmp(uri, "s3", 2) == 0) {
+    *root = st->s3_root, *root_real = st->s3_root_real;
+  } else {
+    *root = st->file_root, *root_real = st->file_root_real;
+  }
+}
+
+/* Opens (creating what is missing) the directory `dir` for writing into, and returns its fd (O_DIRECTORY).
+ *
+ * Under a root the walk is component by component from an fd of the root's realpath: openat(O_NOFOLLOW |
+ * O_DIRECTORY) on each segment, mkdirat when it is missing. A symlink (or any non-directory) anywhere below the
+ * root is refused, and since every later step (temp create, rename, fsync) is relative to the returned fd, a
+ * symlink swapped in after a check cannot redirect the write: there is no window between check and use.
+ * Without a root, dir is created with mkdir -p and opened as given (the caller chose to trust the whole tree).
+ * *fresh is 1 when the last directory was created now. */
+static int nq_store__open_dir(nq_store_t *st, const char *uri, char *dir /* modified and restored */, int *fresh,
+                              nq_err_t *err) {
+  const char *root, *root_real;
+  nq_store__root_of(st, uri, &root, &root_real);
+  *fresh = 0;
+  if (!root_real) {
+    int f = nq_store__mkdirs(dir, err);
+    if (f < 0) return f;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return nq_store__errno(err, errno, "open dir", dir);
+    *fresh = f;
+    return fd;
+  }
+  /* dir lies inside root or root_real (nq_store_resolve checked it lexically): walk the rest */
+  const char *rest;
+  if (nq_store__inside(dir, root)) rest = dir + strlen(root);
+  else if (nq_store__inside(dir, root_real)) rest = dir + strlen(root_real);
+  else return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: '%.200s' is outside its root %s", uri, root);
+  if (strcmp(root, "/") == 0 || strcmp(root_real, "/") == 0) rest = dir; /* root "/": the whole path is the rest */
+  int fd = open(root_real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return nq_store__errno(err, errno, "open root", root_real);
+  char seg[NQ_STORE_SEGMENT_MAX + 1];
+  const char *p = rest;
+  while (*p) {
+    while (*p == '/') p++;
+    if (!*p) break;
+    size_t n = strcspn(p, "/");
+    if (n > NQ_STORE_SEGMENT_MAX) {
+      close(fd);
+      return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL, "store: '%.200s': path segment longer than %d bytes", uri,
+                        NQ_STORE_SEGMENT_MAX);
+    }
+    memcpy(seg, p, n);
+    seg[n] = 0;
+    p += n;
+    int created = 0;
+    int nfd = openat(fd, seg, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (nfd < 0 && errno == ENOENT) {
+      if (mkdirat(fd, seg, 0755) == 0) created = 1;
+      else if (errno != EEXIST) {
+        int e = errno;
+        close(fd);
+        return nq_store__errno(err, e, "mkdir", dir);
+      }
+      nfd = openat(fd, seg, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    }
+    if (nfd < 0) {
+      int e = errno;
+      struct stat sb;
+      int is_link = (e == ELOOP || e == ENOTDIR) && fstatat(fd, seg, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(sb.st_mode);
+      close(fd);
+      if (is_link)
+        return nq_err_set(err, NQ_EKEY, NQ_ERR_FATAL,
+                          "store: '%.200s': '%.*s' is a symlink below the root %s (writes never follow symlinks)", uri,
+                          (int)(p - rest), rest, root);
+      return nq_store__errno(err, e, "open dir", dir);
+    }
+    close(fd);
+    fd = nfd;
+    *fresh = created;
+  }
+  return fd;
+}
+
+/* Write data to a fresh temp file in the directory of uri's final path, created relative to the directory fd. With
+ * `sync`, the temp file is fsynced. On success *dirfd (owned by the caller) is that directory, tmp its temp leaf name,
+ * name the final leaf name, path the full final path (for messages); *obj gets uri (sha256/bytes/type once
+ * written). tmp, path and dir are PATH_MAX; name points into path. */
+static int nq_store__stage(nq_store_t *st, const char *uri, const void *data, size_t len, int sync, int *dirfd,
+                           char *tmp, char *path, char *dir, const char **name_out, nq_store_obj_t *obj, nq_err_t *err) {
   NQ_ASSERT(st && (data || len == 0));
+  *dirfd = -1;
   if (obj) memset(obj, 0, sizeof *obj);
   int rc = nq_store_resolve(st, uri, path, PATH_MAX, err);
   if (rc) return rc;
@@ -457,39 +547,44 @@ static int nq_store__stage(nq_store_t *st, const char *uri, const void *data, si
     dir[dl] = 0;
     name = slash + 1;
   }
-  int fresh = nq_store__mkdirs(dir, err);
-  if (fresh < 0) return nq_err_prefix(err, "put '%.200s'", uri);
-  /* A symlink could have appeared among the parents while we created them: re-check before writing. */
-  const char *root_real = nq_store__scheme(uri) == 2 ? st->s3_root_real : st->file_root_real;
-  if (root_real && (rc = nq_store__symlink_check(dir, root_real, uri, err))) return rc;
+  *name_out = name;
+  int fresh = 0;
+  int dfd = nq_store__open_dir(st, uri, dir, &fresh, err);
+  if (dfd < 0) return nq_err_prefix(err, "put '%.200s'", uri);
 
-  if (obj && (rc = nq_store__obj_uri(uri, path, obj->uri, sizeof obj->uri, err))) return rc; /* before writing */
-  if (!fresh) nq_store__sweep_stale(dir, name); /* a directory created just now holds no leftovers */
+  if (obj && (rc = nq_store__obj_uri(uri, path, obj->uri, sizeof obj->uri, err))) goto fail_dir; /* before writing */
+  if (!fresh) nq_store__sweep_stale(dfd, name); /* a directory created just now holds no leftovers */
   unsigned long cnt = atomic_fetch_add(&nq_store__tmp_counter, 1);
-  int n = snprintf(tmp, PATH_MAX, "%s/.%.180s.tmp.%s.%ld.%ld.%lu", dir, name, nq_store__host(), (long)getpid(),
+  int n = snprintf(tmp, PATH_MAX, ".%.180s.tmp.%s.%ld.%ld.%lu", name, nq_store__host(), (long)getpid(),
                    (long)syscall(SYS_gettid), cnt);
-  if (n < 0 || n >= PATH_MAX) return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: temp path for '%.200s' too long", uri);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return nq_store__errno(err, errno, "create", tmp);
+  if (n < 0 || n > NQ_STORE_SEGMENT_MAX) {
+    rc = nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "store: temp name for '%.200s' too long", uri);
+    goto fail_dir;
+  }
+  int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) {
+    rc = nq_store__errno(err, errno, "create temp in", dir);
+    goto fail_dir;
+  }
   const unsigned char *p = data;
   size_t left = len;
   while (left > 0) {
     ssize_t w = write(fd, p, left);
     if (w < 0 && errno == EINTR) continue;
     if (w < 0) {
-      rc = nq_store__errno(err, errno, "write", tmp);
+      rc = nq_store__errno(err, errno, "write", path);
       goto fail;
     }
     p += w;
     left -= (size_t)w;
   }
   if (sync && fsync(fd) != 0) {
-    rc = nq_store__errno(err, errno, "fsync", tmp);
+    rc = nq_store__errno(err, errno, "fsync", path);
     goto fail;
   }
   if (close(fd) != 0) {
     fd = -1;
-    rc = nq_store__errno(err, errno, "close", tmp);
+    rc = nq_store__errno(err, errno, "close", path);
     goto fail;
   }
   if (obj) {
@@ -501,37 +596,57 @@ static int nq_store__stage(nq_store_t *st, const char *uri, const void *data, si
     obj->bytes = len;
     snprintf(obj->type, sizeof obj->type, "%s", nq_store_type_guess(name));
   }
+  *dirfd = dfd;
   return 0;
 fail:
   if (fd >= 0) close(fd);
-  unlink(tmp);
+  unlinkat(dfd, tmp, 0);
+fail_dir:
+  close(dfd);
   return rc;
+}
+
+static int nq_store__fsync_fd(int fd, const char *dir, nq_err_t *err) {
+  if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS) return nq_store__errno(err, errno, "fsync dir", dir);
+  return 0;
 }
 
 int nq_store_put(nq_store_t *st, const char *uri, const void *data, size_t len, nq_store_obj_t *obj, nq_err_t *err) {
   char tmp[PATH_MAX], path[PATH_MAX], dir[PATH_MAX];
-  int rc = nq_store__stage(st, uri, data, len, 1, tmp, path, dir, obj, err);
+  const char *name;
+  int dfd;
+  int rc = nq_store__stage(st, uri, data, len, 1, &dfd, tmp, path, dir, &name, obj, err);
   if (rc) return rc;
-  if (rename(tmp, path) != 0) {
+  if (renameat(dfd, tmp, dfd, name) != 0) {
     rc = nq_store__errno(err, errno, "rename to", path);
-    unlink(tmp);
-    return rc;
+    unlinkat(dfd, tmp, 0);
+  } else {
+    rc = nq_store__fsync_fd(dfd, dir, err);
   }
-  return nq_store__fsync_dir(dir, err);
+  close(dfd);
+  return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* batches: group commit                                                                                             */
 
 typedef struct nq_store__staged {
-  char *tmp, *path; /* owned */
-  dev_t dev;
+  char *tmp, *name, *path; /* owned: temp leaf, final leaf, final full path (messages) */
+  size_t dir;              /* index into the batch's dirs */
 } nq_store__staged_t;
+
+typedef struct nq_store__bdir {
+  char *dir; /* owned: path (lookup key and messages) */
+  int fd;    /* owned: O_DIRECTORY fd every rename of the batch in this directory is relative to */
+  dev_t dev;
+} nq_store__bdir_t;
 
 struct nq_store_batch {
   nq_store_t *st;               /* borrowed */
   nq_store__staged_t *items;    /* owned [n] */
   size_t n, cap;
+  nq_store__bdir_t *dirs;       /* owned [nd]: distinct directories of the staged items */
+  size_t nd, dcap;
 };
 
 nq_store_batch_t *nq_store_batch_new(nq_store_t *st) {
@@ -540,9 +655,32 @@ nq_store_batch_t *nq_store_batch_new(nq_store_t *st) {
   return b;
 }
 
+/* Index of dir in b->dirs, taking ownership of dfd (closed when the directory is already known). <0 on OOM. */
+static long nq_store__batch_dir(nq_store_batch_t *b, const char *dir, int dfd) {
+  for (size_t i = b->nd; i-- > 0;)
+    if (strcmp(b->dirs[i].dir, dir) == 0) {
+      close(dfd);
+      return (long)i;
+    }
+  if (b->nd == b->dcap) {
+    size_t nc = b->dcap ? b->dcap * 2 : 8;
+    nq_store__bdir_t *nd = realloc(b->dirs, nc * sizeof *nd);
+    if (!nd) return -1;
+    b->dirs = nd;
+    b->dcap = nc;
+  }
+  char *d = strdup(dir);
+  if (!d) return -1;
+  struct stat sb;
+  b->dirs[b->nd] = (nq_store__bdir_t){.dir = d, .fd = dfd, .dev = fstat(dfd, &sb) == 0 ? sb.st_dev : 0};
+  return (long)b->nd++;
+}
+
 int nq_store_batch_put(nq_store_batch_t *b, const char *uri, const void *data, size_t len, nq_store_obj_t *obj,
                        nq_err_t *err) {
   char tmp[PATH_MAX], path[PATH_MAX], dir[PATH_MAX];
+  const char *name;
+  int dfd;
   if (b->n == b->cap) {
     size_t nc = b->cap ? b->cap * 2 : 16;
     nq_store__staged_t *ni = realloc(b->items, nc * sizeof *ni);
@@ -550,56 +688,72 @@ int nq_store_batch_put(nq_store_batch_t *b, const char *uri, const void *data, s
     b->items = ni;
     b->cap = nc;
   }
-  int rc = nq_store__stage(b->st, uri, data, len, 0, tmp, path, dir, obj, err);
+  int rc = nq_store__stage(b->st, uri, data, len, 0, &dfd, tmp, path, dir, &name, obj, err);
   if (rc) return rc;
-  struct stat stt;
   nq_store__staged_t *it = &b->items[b->n];
   it->tmp = strdup(tmp);
+  it->name = strdup(name);
   it->path = strdup(path);
-  it->dev = stat(tmp, &stt) == 0 ? stt.st_dev : 0;
-  if (!it->tmp || !it->path) {
-    unlink(tmp);
+  if (!it->tmp || !it->name || !it->path) {
+    unlinkat(dfd, tmp, 0);
+    close(dfd);
     free(it->tmp);
+    free(it->name);
     free(it->path);
     return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "store: out of memory");
   }
+  long d = nq_store__batch_dir(b, dir, dfd);
+  if (d < 0) {
+    unlinkat(dfd, tmp, 0);
+    close(dfd);
+    free(it->tmp);
+    free(it->name);
+    free(it->path);
+    return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "store: out of memory");
+  }
+  it->dir = (size_t)d;
   b->n++;
   return 0;
 }
 
-/* syncfs() once per distinct filesystem among the staged files. */
-static int nq_store__syncfs_all(nq_store_batch_t *b, const char *what, nq_err_t *err) {
-  for (size_t i = 0; i < b->n; i++) {
+/* syncfs() once per distinct filesystem among the staged files' directories. */
+static int nq_store__syncfs_all(nq_store_batch_t *b, nq_err_t *err) {
+  for (size_t i = 0; i < b->nd; i++) {
     int seen = 0;
-    for (size_t j = 0; j < i && !seen; j++) seen = b->items[j].dev == b->items[i].dev;
+    for (size_t j = 0; j < i && !seen; j++) seen = b->dirs[j].dev == b->dirs[i].dev;
     if (seen) continue;
-    const char *p = strcmp(what, "data") == 0 ? b->items[i].tmp : b->items[i].path;
-    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return nq_store__errno(err, errno, "open for syncfs", p);
-    int rc = syncfs(fd) != 0 ? nq_store__errno(err, errno, "syncfs", p) : 0;
-    close(fd);
-    if (rc) return rc;
+    if (syncfs(b->dirs[i].fd) != 0) return nq_store__errno(err, errno, "syncfs", b->dirs[i].dir);
   }
   return 0;
 }
 
 static void nq_store__batch_clear(nq_store_batch_t *b, int unlink_tmp) {
   for (size_t i = 0; i < b->n; i++) {
-    if (unlink_tmp) unlink(b->items[i].tmp);
+    if (unlink_tmp) unlinkat(b->dirs[b->items[i].dir].fd, b->items[i].tmp, 0);
     free(b->items[i].tmp);
+    free(b->items[i].name);
     free(b->items[i].path);
   }
   b->n = 0;
+  for (size_t i = 0; i < b->nd; i++) {
+    close(b->dirs[i].fd);
+    free(b->dirs[i].dir);
+  }
+  b->nd = 0;
 }
 
 int nq_store_batch_commit(nq_store_batch_t *b, nq_err_t *err) {
   if (b->n == 0) return 0;
   /* 1. every staged file's data reaches stable storage, 2. then the names appear (rename is atomic), 3. then the
    * directory entries are made durable. A reader never sees a partial file, even after a power loss. */
-  int rc = nq_store__syncfs_all(b, "data", err);
-  for (size_t i = 0; !rc && i < b->n; i++)
-    if (rename(b->items[i].tmp, b->items[i].path) != 0) rc = nq_store__errno(err, errno, "rename to", b->items[i].path);
-  if (!rc) rc = nq_store__syncfs_all(b, "names", err);
+  int rc = nq_store__syncfs_all(b, err);
+  size_t done = 0;
+  for (; !rc && done < b->n; done++) {
+    int dfd = b->dirs[b->items[done].dir].fd;
+    if (renameat(dfd, b->items[done].tmp, dfd, b->items[done].name) != 0)
+      rc = nq_store__errno(err, errno, "rename to", b->items[done].path);
+  }
+  if (!rc) rc = nq_store__syncfs_all(b, err);
   nq_store__batch_clear(b, rc != 0);
   return rc;
 }
@@ -614,6 +768,7 @@ void nq_store_batch_free(nq_store_batch_t *b) {
   if (!b) return;
   nq_store__batch_clear(b, 1);
   free(b->items);
+  free(b->dirs);
   free(b);
 }
 

@@ -7,6 +7,9 @@
  *
  * Task input: {"prompt": "..."} (or "text"); params: max_new_tokens (default 64), temperature (0 = greedy),
  * top_p, top_k, seed, stop (string or list of strings). Tasks with equal params are decoded together.
+ *
+ * NExT-GPT: with params.nextgpt (or {llm: {nextgpt: YAML}} / $NQ_NEXTGPT_MODEL) the task runs the NExT-GPT model
+ * instead — encoded media from input.prev.encode, signal tokens, routing to generate-* (worker/nextgpt_stage.h).
  */
 #include <jansson.h>
 #include <pthread.h>
@@ -16,6 +19,7 @@
 
 #include "common/log.h"
 #include "compute/models/llama_gen.h"
+#include "worker/nextgpt_stage.h"
 #include "worker/stages.h"
 
 #define LLM_CACHE_MAX 4
@@ -31,6 +35,8 @@ typedef struct llm_state {
   llm_entry_t e[LLM_CACHE_MAX];
   int n;
   char *def_model, *def_tok; /* owned, may be NULL */
+  char *def_nextgpt;         /* owned, may be NULL: NExT-GPT model YAML (worker/nextgpt_stage.h) */
+  nq_ngcache_t *ng;          /* owned: NExT-GPT models (the NExT-GPT path of this stage) */
 } llm_state_t;
 
 static int llm_init(void **state, const json_t *config, nq_err_t *err) {
@@ -43,6 +49,13 @@ static int llm_init(void **state, const json_t *config, nq_err_t *err) {
   if (!t) t = getenv("NQ_LLM_TOKENIZER");
   if (m && *m) s->def_model = strdup(m);
   if (t && *t) s->def_tok = strdup(t);
+  const char *ngm = json_string_value(json_object_get(config, "nextgpt"));
+  if (!ngm) ngm = getenv("NQ_NEXTGPT_MODEL");
+  if (ngm && *ngm) s->def_nextgpt = strdup(ngm);
+  if (!(s->ng = nq_ngcache_new())) {
+    free(s->def_model), free(s->def_tok), free(s->def_nextgpt), free(s);
+    return nq_err_set(err, NQ_ENOMEM, NQ_ERR_FATAL, "llm: out of memory");
+  }
   *state = s;
   return 0;
 }
@@ -57,6 +70,8 @@ static void llm_fini(void *state) {
   }
   free(s->def_model);
   free(s->def_tok);
+  free(s->def_nextgpt);
+  nq_ngcache_free(s->ng);
   pthread_mutex_destroy(&s->mu);
   free(s);
 }
@@ -149,6 +164,12 @@ static void llm_run_batch(void *state, nq_task_ctx_t *t, int n) {
     if (done[i]) continue;
     /* group: same model, tokenizer and params as task i */
     const json_t *pi = t[i].env->params;
+    const char *ngm = nq_ngstage_model(pi, s->def_nextgpt);
+    if (ngm) { /* NExT-GPT model YAML: prompt + encoded media -> text + signal states (one task at a time) */
+      nq_ngstage_llm_task(s->ng, &t[i], ngm);
+      done[i] = 1;
+      continue;
+    }
     const char *model = json_string_value(json_object_get(pi, "model"));
     const char *tok = json_string_value(json_object_get(pi, "tokenizer"));
     if (!model) model = s->def_model, tok = tok ? tok : s->def_tok;

@@ -8,6 +8,10 @@ static const nq_stage_t *const registry[] = {
     &nq_stage_noop,
     &nq_stage_llm,
     &nq_stage_encode,
+    &nq_stage_generate_audio,
+    &nq_stage_generate_video,
+    &nq_stage_generate_image,
+    &nq_stage_precompute,
     NULL,
 };
 

@@ -7,5 +7,9 @@
 extern const nq_stage_t nq_stage_noop;
 extern const nq_stage_t nq_stage_llm;
 extern const nq_stage_t nq_stage_encode;
+extern const nq_stage_t nq_stage_generate_audio; /* stage_generate_audio.c */
+extern const nq_stage_t nq_stage_generate_video; /* stage_generate_video.c */
+extern const nq_stage_t nq_stage_generate_image; /* stage_generate_image.c */
+extern const nq_stage_t nq_stage_precompute;     /* stage_precompute.c: precompute-embeddings */
 
 #endif

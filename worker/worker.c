@@ -163,17 +163,21 @@ static int publish_next(worker_t *w, const nq_envelope_t *env, json_t *outputs, 
   }
   json_t *mine = json_deep_copy(result);
   json_object_del(mine, "next");
+  json_object_del(mine, "next_device");
   json_object_set(mine, "outputs", outputs);
+  /* the stage may route its follow-ups to another device class (result "next_device": "cuda") */
+  const char *dev = json_string_value(json_object_get(result, "next_device"));
+  if (!dev || (strcmp(dev, "cpu") && strcmp(dev, "cuda"))) dev = env->device;
   json_object_set_new(prev, env->stage, mine);
   nq_envelope_t ne;
-  int rc = nq_envelope_make(&ne, env->job, env->task, next_stage, env->device, env->max_attempts, input, env->params,
+  int rc = nq_envelope_make(&ne, env->job, env->task, next_stage, dev, env->max_attempts, input, env->params,
                             env->output, rest, env->trace, err);
   json_decref(input);
   json_decref(rest);
   if (rc) return rc;
   char *body = nq_envelope_dump(&ne);
   char topic[160];
-  nq_queue_topic(topic, sizeof topic, next_stage, env->device);
+  nq_queue_topic(topic, sizeof topic, next_stage, dev);
   rc = body ? nq_queue_publish(w->o->queue, topic, body, strlen(body), err) : NQ_ENOMEM;
   free(body);
   nq_envelope_deinit(&ne);
@@ -250,6 +254,7 @@ static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, c
                           "status", "ok", "attempts", attempts[j], "outputs", t[j].outputs);
     json_object_update_missing(r, t[j].result);
     json_object_del(r, "next");
+    json_object_del(r, "next_device");
     bodies[m] = json_dumps(r, JSON_COMPACT);
     json_decref(r);
     items[m] = (nq_completion_t){.d = d, .job = env->job, .task = env->task, .status = "ok", .result = bodies[m]};

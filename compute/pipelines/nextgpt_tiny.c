@@ -16,6 +16,8 @@
 enum { TD = 64, TF = 172, TL = 5, TH = 8, TKV = 4, TV = 512, TCTX = 512, TADD = 38, TE = 1024, TR = 4 };
 enum { PD = 32, PHEADS = 4, PLAYERS = 4, PFFN = 128 };
 
+int nq_nextgpt_tiny__imagebind(const char *dir, uint64_t seed, nq_err_t *err); /* nextgpt_tiny_media.c */
+
 void nq_nextgpt_tiny_opts_init(nq_nextgpt_tiny_opts_t *o) {
   memset(o, 0, sizeof(*o));
   o->seed = 13;
@@ -423,7 +425,7 @@ static const char nq_tiny__yaml[] =
     "imagebind_version: tiny\n"
     "vicuna_ckpt_path: vicuna\n"
     "delta_ckpt_path: delta/nextgpt.safetensors\n"
-    "# imagebind_ckpt_path: (not written by init-tiny yet)\n"
+    "imagebind_ckpt_path: imagebind\n"
     "# image_diffusion / video_diffusion / audio_diffusion: (not written by init-tiny yet)\n"
     "n_img_tokens: 4\n"
     "num_gen_img_tokens: 4\n"
@@ -506,6 +508,11 @@ int nq_nextgpt_init_tiny(const char *out_dir, const nq_nextgpt_tiny_opts_t *opts
   snprintf(p, sizeof p, "%s/tokenizer.model", vdir);
   if (!rc) rc = nq_tiny__write_spm(p, pc, TV, err);
   if (!rc) rc = nq_tiny__write_delta(ddir, &w, &rng, err);
+  if (!rc) { /* ImageBind-tiny (both trunks) for the encode stage: nextgpt_tiny_media.c */
+    snprintf(p, sizeof p, "%s/imagebind", out_dir);
+    rc = nq_tiny__mkdirs(p, err);
+    if (!rc) rc = nq_nextgpt_tiny__imagebind(p, o.seed, err);
+  }
   if (!rc) {
     char y[8192];
     snprintf(y, sizeof y, nq_tiny__yaml, (unsigned long long)o.seed,

@@ -14,7 +14,11 @@
  * LLM has the same shape with seeded random weights and a synthetic 512-piece byte-fallback BPE vocabulary, so the
  * signal-token ids (512..549) are the same either way. Every weight that has no trained source is drawn from a
  * seeded generator: the same seed gives byte-identical files.
- * ImageBind and the diffusion decoders are NOT written here (their YAML keys are left for the stages that own them).
+ *   OUT/imagebind/                   ImageBind-tiny: model.safetensors with both trunks (vision, audio) under
+ *                                    ImageBind's state_dict names + config.json (imagebind-dims/1); width 32, one
+ *                                    block, 4 heads, the real token layouts, 1024-d output (nextgpt_tiny_media.c)
+ * The diffusion decoders are NOT written here yet (image_diffusion / video_diffusion / audio_diffusion are left out of
+ * the YAML).
  */
 #ifndef NQ_COMPUTE_PIPELINES_NEXTGPT_TINY_H
 #define NQ_COMPUTE_PIPELINES_NEXTGPT_TINY_H

@@ -454,3 +454,78 @@ Test(store, stale_temp_of_dead_writer_is_swept, .init = setup, .fini = teardown)
   cr_assert_eq(access(live, F_OK), 0, "temp of a live writer was removed");
   nq_store_free(st);
 }
+
+/* ---- writes never follow symlinks below the root (openat walk) ------------------------------------------------ */
+
+Test(store, put_refuses_any_symlink_below_root, .init = setup, .fini = teardown) {
+  nq_store_t *st = mkstore(tp("root"), NULL);
+  nq_err_t err = {0};
+  cr_assert_eq(mkdir(tp("root/inner"), 0755), 0);
+  cr_assert_eq(symlink(tp("root/inner"), tp("root/ok_link")), 0);
+  /* reads may go through a link that stays inside; writes refuse every symlink, naming it */
+  cr_assert_eq(nq_store_put(st, "ok_link/f", "x", 1, NULL, &err), NQ_EKEY);
+  cr_assert(strstr(err.msg, "ok_link") && strstr(err.msg, "symlink"), "%s", err.msg);
+  cr_assert_eq(access(tp("root/inner/f"), F_OK), -1);
+  /* batches too, and nothing is left staged */
+  nq_store_batch_t *b = nq_store_batch_new(st);
+  cr_assert_eq(nq_store_batch_put(b, "ok_link/deeper/g", "y", 1, NULL, &err), NQ_EKEY);
+  cr_assert_eq(nq_store_batch_put(b, "inner/sub/g", "y", 1, NULL, &err), 0, "%s", err.msg);
+  cr_assert_eq(nq_store_batch_put(b, "inner/sub/h", "z", 1, NULL, &err), 0, "%s", err.msg);
+  cr_assert_eq(nq_store_batch_commit(b, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(read_all(tp("root/inner/sub/g")), "y");
+  cr_assert_str_eq(read_all(tp("root/inner/sub/h")), "z");
+  nq_store_batch_free(b);
+  /* a plain put with fresh parents under the root still works */
+  cr_assert_eq(nq_store_put(st, "a/b/c/d.txt", "hello", 5, NULL, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(read_all(tp("root/a/b/c/d.txt")), "hello");
+  nq_store_free(st);
+}
+
+typedef struct swap_arg {
+  const char *dir, *link_target, *aside;
+  volatile int stop;
+} swap_arg_t;
+
+/* Keeps replacing root/d between a real directory and a symlink to the outside. */
+static void *swapper(void *p) {
+  swap_arg_t *a = p;
+  while (!a->stop) {
+    rename(a->dir, a->aside);              /* move the real dir aside */
+    symlink(a->link_target, a->dir);       /* a symlink to the outside takes its place */
+    unlink(a->dir);
+    rename(a->aside, a->dir);              /* and back */
+  }
+  return NULL;
+}
+
+Test(store, symlink_swapped_in_during_puts_never_escapes, .init = setup, .fini = teardown) {
+  nq_store_t *st = mkstore(tp("root"), NULL);
+  cr_assert_eq(mkdir(tp("outside"), 0755), 0);
+  cr_assert_eq(mkdir(tp("root/d"), 0755), 0);
+  char dir[PATH_MAX], target[PATH_MAX], aside[PATH_MAX];
+  S(dir, "%s", tp("root/d"));
+  S(target, "%s", tp("outside"));
+  S(aside, "%s", tp("root/d.aside"));
+  swap_arg_t a = {dir, target, aside, 0};
+  pthread_t th;
+  cr_assert_eq(pthread_create(&th, NULL, swapper, &a), 0);
+  int ok = 0, refused = 0;
+  for (int i = 0; i < 3000; i++) {
+    nq_err_t err = {0};
+    int rc = nq_store_put(st, "d/f.txt", "x", 1, NULL, &err);
+    if (rc == 0) ok++;
+    else refused++;
+  }
+  a.stop = 1;
+  pthread_join(th, NULL);
+  DIR *d = opendir(target);
+  cr_assert_not_null(d);
+  struct dirent *e;
+  int outside = 0;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.' || strstr(e->d_name, ".tmp.")) outside++;
+  closedir(d);
+  cr_assert_eq(outside, 0, "a put escaped the root through a swapped-in symlink (%d ok, %d refused)", ok, refused);
+  if (getenv("NQ_TEST_VERBOSE")) cr_log_info("swap race: %d puts ok, %d refused", ok, refused);
+  nq_store_free(st);
+}

@@ -1,0 +1,251 @@
+/* tests/integration/test_nextgpt_chain.c — NExT-GPT's stages as chained tasks with real processes (build/nextq):
+ * the tiny model (`nextq model init-tiny`) and the project's own sample shard (`nextq demo-data`);
+ *   - eval (= caption + metrics) through `nextq run`: encode -> llm, manifest complete, _eval.json, and the same
+ *     texts on a second run (deterministic for a seed);
+ *   - t2x: the llm stage writes the image signal tensors (hidden/embeds [4,64], cond [77,768]) byte-identically
+ *     across runs;
+ *   - the chain across two worker processes via a real redis-server: encode on one worker, llm on the other, the
+ *     ImageBind .npy files travelling as object-store URIs. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/helpers/redis_harness.h"
+
+extern char **environ;
+
+static nq_redis_harness_t rh;
+static char tmp[256];
+static const char *bin;
+
+static pid_t spawn(const char *out_path, const char *const *args) {
+  const char *argv[64];
+  int n = 0;
+  argv[n++] = bin;
+  for (int i = 0; args[i]; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  char log[300];
+  snprintf(log, sizeof log, "%s/stderr.log", tmp);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  pid_t pid;
+  int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  cr_assert_eq(rc, 0, "spawn %s: %s", bin, strerror(rc));
+  return pid;
+}
+
+static int wait_exit(pid_t pid) {
+  int st;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int run(char *out, size_t cap, const char *const *args) {
+  char path[300];
+  snprintf(path, sizeof path, "%s/stdout.txt", tmp);
+  int rc = wait_exit(spawn(path, args));
+  if (out) {
+    FILE *f = fopen(path, "r");
+    size_t k = f ? fread(out, 1, cap - 1, f) : 0;
+    out[k] = 0;
+    if (f) fclose(f);
+    while (k && out[k - 1] == '\n') out[--k] = 0;
+  }
+  return rc;
+}
+
+static void setup(void) {
+  bin = getenv("NQ_BIN");
+  if (!bin) bin = "build/nextq";
+  snprintf(tmp, sizeof tmp, "/tmp/nq_ngchain_XXXXXX");
+  cr_assert(mkdtemp(tmp));
+  char a[400], b[400];
+  snprintf(a, sizeof a, "%s/tiny", tmp);
+  snprintf(b, sizeof b, "%s/data", tmp);
+  cr_assert_eq(run(NULL, 0, (const char *[]){"model", "init-tiny", "--out", a, NULL}), 0, "init-tiny failed");
+  cr_assert_eq(run(NULL, 0, (const char *[]){"demo-data", "--out", b, "--n", "3", NULL}), 0, "demo-data failed");
+}
+static void setup_redis(void) {
+  setup();
+  if (nq_redis_harness_start(&rh, 0) != 0) cr_skip_test("redis-server not available");
+}
+static void teardown(void) {
+  nq_redis_harness_cleanup(&rh);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+  if (system(cmd) != 0) fprintf(stderr, "cleanup failed\n");
+}
+
+static void write_job(const char *name, const char *job, const char *stage, const char *next, const char *ds,
+                      const char *extra) {
+  char p[400];
+  snprintf(p, sizeof p, "%s/%s", tmp, name);
+  FILE *f = fopen(p, "w");
+  cr_assert(f);
+  fprintf(f,
+          "job: %s\nstage: %s\nnext: %s\ndataset: %s\noutput: out\nbatch_size: 1\nparams:\n"
+          "  nextgpt: %s/tiny/nextgpt.yaml\n  vision_model: %s/tiny/imagebind\n  audio_model: %s/tiny/imagebind\n"
+          "  max_tgt_len: 16\n  seed: 13\n%s",
+          job, stage, next, ds, tmp, tmp, tmp, extra);
+  fclose(f);
+}
+
+static json_t *manifest(const char *job) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/out/%s/_manifest.jsonl", tmp, job);
+  FILE *f = fopen(p, "r");
+  cr_assert(f, "no manifest %s", p);
+  json_t *rows = json_array();
+  char line[1 << 16];
+  while (fgets(line, sizeof line, f)) {
+    json_t *r = json_loads(line, 0, NULL);
+    cr_assert(r, "bad manifest line %s", line);
+    json_array_append_new(rows, r);
+  }
+  fclose(f);
+  return rows;
+}
+
+static int file_exists(const char *uri) {
+  const char *p = strncmp(uri, "file://", 7) ? uri : uri + 7;
+  return access(p, R_OK) == 0;
+}
+
+static char *slurp(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long l = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *b = malloc((size_t)l + 1);
+  *n = fread(b, 1, (size_t)l, f);
+  b[*n] = 0;
+  fclose(f);
+  return b;
+}
+
+/* Every task ok at stage `stage`, each output present; returns the texts joined by '\n' (owned). */
+static char *check_manifest(const char *job, int n, const char *stage, const char *must_have) {
+  json_t *rows = manifest(job);
+  cr_assert_eq((int)json_array_size(rows), n, "manifest rows %zu", json_array_size(rows));
+  char *texts = calloc(1, 65536);
+  size_t i;
+  json_t *r;
+  json_array_foreach(rows, i, r) {
+    cr_assert_str_eq(json_string_value(json_object_get(r, "status")), "ok", "row %zu: %s", i,
+                     json_dumps(r, JSON_COMPACT));
+    cr_assert_str_eq(json_string_value(json_object_get(r, "stage")), stage);
+    json_t *outs = json_object_get(r, "outputs"), *o;
+    size_t j;
+    bool have = false;
+    json_array_foreach(outs, j, o) {
+      const char *u = json_string_value(json_object_get(o, "uri"));
+      cr_assert(u && file_exists(u), "output %s missing", u);
+      if (must_have && strstr(u, must_have)) have = true;
+    }
+    cr_assert(!must_have || have, "row %zu lacks %s", i, must_have);
+    const char *t = json_string_value(json_object_get(r, "text"));
+    cr_assert(t);
+    strncat(texts, t, 60000 - strlen(texts));
+    strcat(texts, "\n");
+  }
+  json_decref(rows);
+  char p[600];
+  snprintf(p, sizeof p, "%s/out/%s/_SUCCESS", tmp, job);
+  cr_assert(access(p, F_OK) == 0, "no _SUCCESS");
+  return texts;
+}
+
+TestSuite(nextgpt_chain, .init = setup, .fini = teardown, .timeout = 240);
+
+Test(nextgpt_chain, eval_job_embedded_deterministic) {
+  char ds[400];
+  snprintf(ds, sizeof ds, "{format: webdataset, path: %s/data/samples-000000.tar}", tmp);
+  write_job("eval.yaml", "eval", "encode", "[llm]", ds, "  mode: caption\n  route: false\n  eval: true\n");
+  char path[400], job1[256], job2[256];
+  snprintf(path, sizeof path, "%s/eval.yaml", tmp);
+  cr_assert_eq(run(job1, sizeof job1, (const char *[]){"run", path, "--workers", "2", NULL}), 0);
+  char *t1 = check_manifest(job1, 3, "llm", "text.txt");
+  /* the encode stage's embeddings stay in the task's directory, next to the text */
+  char p[700];
+  snprintf(p, sizeof p, "%s/out/%s/000000/000000.png.npy", tmp, job1);
+  cr_assert(access(p, F_OK) == 0, "missing %s", p);
+  snprintf(p, sizeof p, "%s/out/%s/000000/000000.wav.npy", tmp, job1);
+  cr_assert(access(p, F_OK) == 0, "missing %s", p);
+  /* the eval summary */
+  snprintf(p, sizeof p, "%s/out/%s/_eval.json", tmp, job1);
+  json_t *ev = json_load_file(p, 0, NULL);
+  cr_assert(ev, "no %s", p);
+  cr_assert_eq(json_integer_value(json_object_get(ev, "items")), 3);
+  double b4 = json_number_value(json_object_get(ev, "bleu_4")), cd = json_number_value(json_object_get(ev, "cider_d"));
+  cr_assert(json_is_number(json_object_get(ev, "bleu_4")) && b4 >= 0 && b4 <= 1);
+  cr_assert(json_is_number(json_object_get(ev, "cider_d")) && cd >= 0 && cd <= 10);
+  json_decref(ev);
+  /* the same seed gives the same captions */
+  cr_assert_eq(run(job2, sizeof job2, (const char *[]){"run", path, "--workers", "1", NULL}), 0);
+  char *t2 = check_manifest(job2, 3, "llm", "text.txt");
+  cr_assert_str_eq(t1, t2);
+  free(t1), free(t2);
+}
+
+Test(nextgpt_chain, t2x_signal_tensors_deterministic) {
+  char ds[400];
+  snprintf(ds, sizeof ds, "{format: jsonl, path: %s/data/t2x.jsonl}", tmp);
+  write_job("t2x.yaml", "t2x", "llm", "[]", ds, "  output_modality: image\n  route: false\n");
+  char path[400], job[2][256];
+  snprintf(path, sizeof path, "%s/t2x.yaml", tmp);
+  for (int k = 0; k < 2; k++) {
+    cr_assert_eq(run(job[k], sizeof job[k], (const char *[]){"run", path, NULL}), 0);
+    free(check_manifest(job[k], 3, "llm", "image_cond.npy"));
+  }
+  static const char *const names[] = {"image_cond.npy", "image_hidden.npy", "image_embeds.npy"};
+  static const size_t want[] = {77 * 768 * 4, 4 * 64 * 4, 4 * 64 * 4}; /* float32 payloads */
+  for (int i = 0; i < 3; i++) {
+    char a[700], b[700];
+    snprintf(a, sizeof a, "%s/out/%s/000001/%s", tmp, job[0], names[i]);
+    snprintf(b, sizeof b, "%s/out/%s/000001/%s", tmp, job[1], names[i]);
+    size_t na, nb;
+    char *da = slurp(a, &na), *db = slurp(b, &nb);
+    cr_assert(da && db, "missing %s", a);
+    cr_assert(na > want[i] && na - want[i] <= 256, "%s: %zu bytes for %zu of data", a, na, want[i]);
+    cr_assert(na == nb && memcmp(da, db, na) == 0, "%s differs between runs", names[i]);
+    free(da), free(db);
+  }
+}
+
+TestSuite(nextgpt_chain_redis, .init = setup_redis, .fini = teardown, .timeout = 240);
+
+Test(nextgpt_chain_redis, encode_and_llm_on_different_workers) {
+  char ds[400];
+  snprintf(ds, sizeof ds, "{format: webdataset, path: %s/data/samples-000000.tar}", tmp);
+  write_job("cap.yaml", "cap", "encode", "[llm]", ds, "  mode: caption\n  route: false\n");
+  const char *wa[] = {"worker", "--queue", rh.url, "--stages", "encode", "--threads", "1", NULL};
+  const char *wb[] = {"worker", "--queue", rh.url, "--stages", "llm", "--threads", "1", NULL};
+  pid_t a = spawn(NULL, wa), b = spawn(NULL, wb);
+  char path[400], job[256];
+  snprintf(path, sizeof path, "%s/cap.yaml", tmp);
+  cr_assert_eq(run(job, sizeof job, (const char *[]){"submit", path, "--queue", rh.url, NULL}), 0);
+  int rc = run(NULL, 0, (const char *[]){"wait", job, "--queue", rh.url, "--timeout", "120", NULL});
+  kill(a, SIGTERM), kill(b, SIGTERM);
+  wait_exit(a), wait_exit(b);
+  cr_assert_eq(rc, 0, "wait: %d", rc);
+  free(check_manifest(job, 3, "llm", "text.txt"));
+  for (int i = 0; i < 3; i++) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/out/%s/%06d/%06d.png.npy", tmp, job, i, i);
+    cr_assert(access(p, F_OK) == 0, "missing %s (written by the encode worker)", p);
+  }
+}
