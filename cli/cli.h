@@ -16,5 +16,6 @@ int nq_cli_tokenize(int argc, char **argv);
 int nq_cli_model(int argc, char **argv);
 int nq_cli_api(int argc, char **argv);
 int nq_cli_demo_data(int argc, char **argv);
+int nq_cli_generate(int argc, char **argv);
 
 #endif

@@ -16,7 +16,8 @@ nq_queue_t *nq_cli_open_queue(const char *url, int lease_ms) {
   nq_queue_t *q = NULL;
   nq_err_t err = {0};
   if (nq_queue_open(url, &o, &q, &err) != 0) {
-    fprintf(stderr, "nextq: queue %s: %s\n", url, err.msg);
+    char safe[512];
+    fprintf(stderr, "nextq: queue %s: %s\n", nq_url_redact(url, safe, sizeof safe), err.msg); /* no password */
     return NULL;
   }
   return q;

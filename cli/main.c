@@ -25,6 +25,7 @@ static const cmd_t cmds[] = {
     {"results", nq_cli_results, "print a job's results (JSON lines)"},
     {"worker", nq_cli_worker, "serve stages from a queue until SIGTERM"},
     {"api", nq_cli_api, "HTTP API + demo page over a queue (POST /v1/jobs, /v1/generate, ...)"},
+    {"generate", nq_cli_generate, "one any-to-any NExT-GPT request in this process (no queue)"},
     {"demo-data", nq_cli_demo_data, "write a small sample dataset (PNG, WAV, captions; WebDataset shard + JSONL)"},
     {"dlq", nq_cli_dlq, "dead-letter queue: list | requeue | purge"},
     {"module", nq_cli_module, "run one model component on tensors (golden checks)"},

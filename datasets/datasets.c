@@ -313,7 +313,7 @@ int nq_ds__read_file(const char *path, size_t max, void **data, size_t *len, nq_
   }
   if ((unsigned long long)sb.st_size > max) {
     fclose(f);
-    return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "%s: %lld bytes exceeds the limit of %zu", path,
+    return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "%s: %lld bytes exceeds the limit of %zu bytes", path,
                       (long long)sb.st_size, max);
   }
   size_t cap = (size_t)sb.st_size;
@@ -389,8 +389,8 @@ static int nq_ds__read_member(const char *shard, const char *member, void **data
     snprintf(last, sizeof last, "%s", name);
     if (strcmp(nq_ds__member_name(name), member) != 0 || archive_entry_filetype(e) != AE_IFREG) continue;
     if (archive_entry_size_is_set(e) && (unsigned long long)archive_entry_size(e) > NQ_DS_READ_MAX) {
-      rc = nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "shard %s: member %s: %lld bytes exceeds the limit", shard, member,
-                      (long long)archive_entry_size(e));
+      rc = nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "shard %s: member %s: %lld bytes exceeds the member limit of %llu bytes",
+                      shard, member, (long long)archive_entry_size(e), (unsigned long long)NQ_DS_READ_MAX);
       break;
     }
     nq_ds_buf_t b = {0};
@@ -405,7 +405,8 @@ static int nq_ds__read_member(const char *shard, const char *member, void **data
         break;
       }
       if (b.len + (size_t)n > NQ_DS_READ_MAX) {
-        rc = nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "shard %s: member %s: larger than the limit", shard, member);
+        rc = nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "shard %s: member %s: larger than the member limit of %llu bytes",
+                        shard, member, (unsigned long long)NQ_DS_READ_MAX);
         break;
       }
       if (nq_ds__buf_put(&b, chunk, (size_t)n)) {

@@ -226,7 +226,8 @@ static int nq_ds__member_check(const char *m, char *why, size_t cap) {
 static int nq_ds__wds_read(nq_dataset_t *ds, nq_ds_wds_t *st, struct archive_entry *e, const char *m, nq_ds_buf_t *b,
                            int *shard_broken, nq_err_t *err) {
   if (archive_entry_size_is_set(e) && (unsigned long long)archive_entry_size(e) > ds->max_record)
-    return nq_err_set(err, NQ_EFORMAT, NQ_ERR_FATAL, "shard %s: member %s: %lld bytes exceeds the limit of %zu",
+    return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL,
+                      "shard %s: member %s: %lld bytes exceeds the record limit of %zu bytes (max_record_bytes)",
                       st->shard, m, (long long)archive_entry_size(e), ds->max_record);
   char chunk[1 << 14];
   b->len = 0;
@@ -240,8 +241,9 @@ static int nq_ds__wds_read(nq_dataset_t *ds, nq_ds_wds_t *st, struct archive_ent
                         archive_error_string(st->ar) ? archive_error_string(st->ar) : "read error");
     }
     if (b->len + (size_t)n > ds->max_record)
-      return nq_err_set(err, NQ_EFORMAT, NQ_ERR_FATAL, "shard %s: member %s: larger than %zu bytes", st->shard, m,
-                        ds->max_record);
+      return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL,
+                        "shard %s: member %s: larger than the record limit of %zu bytes (max_record_bytes)", st->shard,
+                        m, ds->max_record);
     if (nq_ds__buf_put(b, chunk, (size_t)n))
       return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "shard %s: member %s: out of memory", st->shard, m);
   }

@@ -31,6 +31,8 @@
  * samples (1 GiB of float; 1.5 h of 48 kHz stereo). */
 #define NQ_MEDIA_MAX_PIXELS        178956970LL        /* w*h per image or frame */
 #define NQ_MEDIA_MAX_AUDIO_SAMPLES (1LL << 28)        /* frames*channels per audio file */
+#define NQ_MEDIA_MAX_AUDIO_SECONDS 3600               /* decoded duration per audio file (frames / rate) */
+#define NQ_MEDIA_MAX_VIDEO_FRAMES  (1LL << 20)        /* frames per video stream (~9.7 h at 30 fps) */
 
 /* ImageBind geometry. */
 #define NQ_MEDIA_IMG_SIZE    224

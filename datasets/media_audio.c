@@ -107,8 +107,14 @@ int nq_media_audio_decode(const void *buf, size_t len, const char *name, nq_medi
     if ((n + got) * ch > NQ_MEDIA_MAX_AUDIO_SAMPLES) {
       sf_close(sf);
       free(inter);
-      return nq_err_set(err, NQ_ELIMIT, FATAL, "%s: audio: longer than %lld samples", dname(name),
-                        (long long)NQ_MEDIA_MAX_AUDIO_SAMPLES);
+      return nq_err_set(err, NQ_ELIMIT, FATAL, "%s: audio: more than the limit of %lld samples (frames x channels)",
+                        dname(name), (long long)NQ_MEDIA_MAX_AUDIO_SAMPLES);
+    }
+    if ((n + got) > (sf_count_t)NQ_MEDIA_MAX_AUDIO_SECONDS * info.samplerate) {
+      sf_close(sf);
+      free(inter);
+      return nq_err_set(err, NQ_ELIMIT, FATAL, "%s: audio: longer than the limit of %d seconds (at %d Hz)", dname(name),
+                        NQ_MEDIA_MAX_AUDIO_SECONDS, info.samplerate);
     }
     if (n + got > cap) {
       sf_count_t nc = cap ? cap * 2 : 65536;

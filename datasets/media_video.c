@@ -148,7 +148,12 @@ static int vctx_open(vctx_t *v, const void *buf, size_t len, const char *name, n
   AVRational fr = st->avg_frame_rate;
   if (fr.num <= 0 || fr.den <= 0) fr = st->r_frame_rate;
   int w = st->codecpar->width, h = st->codecpar->height;
-  if (fr.num <= 0 || fr.den <= 0 || w <= 0 || h <= 0 || (long long)w * h > NQ_MEDIA_MAX_PIXELS) {
+  if (w > 0 && h > 0 && (long long)w * h > NQ_MEDIA_MAX_PIXELS) {
+    vctx_close(v);
+    return nq_err_set(err, NQ_ELIMIT, FATAL, "%s: video: frame %dx%d exceeds the %lld-pixel limit", dname(name), w, h,
+                      (long long)NQ_MEDIA_MAX_PIXELS);
+  }
+  if (fr.num <= 0 || fr.den <= 0 || w <= 0 || h <= 0) {
     vctx_close(v);
     return nq_err_set(err, NQ_EFORMAT, FATAL, "%s: video: bad stream header (%dx%d, %d/%d fps)", dname(name), w, h,
                       fr.num, fr.den);
@@ -160,8 +165,16 @@ static int vctx_open(vctx_t *v, const void *buf, size_t len, const char *name, n
   info->fps = (double)fr.num / fr.den;
   /* decord: len = nb_frames, or fps * container duration when the header has none. */
   int64_t n = st->nb_frames;
-  if (n < 1 && v->fmt->duration > 0) n = (int64_t)(info->fps * (double)v->fmt->duration / AV_TIME_BASE);
-  if (n < 1 || n > (1LL << 31)) {
+  if (n < 1 && v->fmt->duration > 0) { /* in double first: a hostile duration must not overflow the cast */
+    double dn = info->fps * (double)v->fmt->duration / AV_TIME_BASE;
+    n = dn > (double)NQ_MEDIA_MAX_VIDEO_FRAMES ? NQ_MEDIA_MAX_VIDEO_FRAMES + 1 : (int64_t)dn;
+  }
+  if (n > NQ_MEDIA_MAX_VIDEO_FRAMES) {
+    vctx_close(v);
+    return nq_err_set(err, NQ_ELIMIT, FATAL, "%s: video: %lld frames exceeds the limit of %lld frames", dname(name),
+                      (long long)n, (long long)NQ_MEDIA_MAX_VIDEO_FRAMES);
+  }
+  if (n < 1) {
     vctx_close(v);
     return nq_err_set(err, NQ_EFORMAT, FATAL, "%s: video: cannot determine the frame count", dname(name));
   }

@@ -75,27 +75,88 @@ static int parse_hostport(const char *s, char *host, size_t hcap, int *port, int
   return 0;
 }
 
+char *nq_url_redact(const char *url, char *out, size_t cap) {
+  if (!out || cap == 0) return out;
+  if (!url) {
+    out[0] = 0;
+    return out;
+  }
+  const char *sep = strstr(url, "://");
+  const char *auth = sep ? sep + 3 : url;
+  size_t alen = strcspn(auth, "/?#");
+  const char *at = NULL;
+  for (const char *c = auth; c < auth + alen; c++)
+    if (*c == '@') at = c; /* the last '@' of the authority ends the userinfo */
+  const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+  if (!colon) {
+    snprintf(out, cap, "%s", url);
+  } else {
+    snprintf(out, cap, "%.*s***%s", (int)(colon + 1 - url), url, at);
+  }
+  return out;
+}
+
+/* Percent-decodes s[0..n) into out (cap bytes incl. NUL). -1 on a bad escape, an encoded NUL or overflow. */
+static int url_unescape(const char *s, size_t n, char *out, size_t cap) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    int c = (unsigned char)s[i];
+    if (c == '%') {
+      if (i + 2 >= n) return -1;
+      char hex[3] = {s[i + 1], s[i + 2], 0};
+      char *end;
+      long v = strtol(hex, &end, 16);
+      if (end != hex + 2 || v == 0) return -1;
+      c = (int)v;
+      i += 2;
+    }
+    if (o + 1 >= cap) return -1;
+    out[o++] = (char)c;
+  }
+  out[o] = 0;
+  return 0;
+}
+
 int nq_queue_open(const char *url, const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err) {
   if (!url || !out) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "nq_queue_open: NULL argument");
   *out = NULL;
   if (strlen(url) >= sizeof(((nq_queue_t *)0)->url))
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue url too long (%zu bytes)", strlen(url));
+  char safe[sizeof(((nq_queue_t *)0)->url) + 8];
+  nq_url_redact(url, safe, sizeof safe);
   int rc;
   if (strncmp(url, "local://", 8) == 0) {
     rc = nq_queue_local_open(url + 8, opts, out, err);
   } else if (strncmp(url, "redis://", 8) == 0) {
-    char host[256];
+    char host[256], user[256] = "", pass[256] = "";
     int port, db;
-    rc = parse_hostport(url + 8, host, sizeof host, &port, &db, err);
-    if (rc == 0) rc = nq_queue_redis_open(host, port, db, opts, out, err);
+    const char *hp = url + 8;
+    size_t alen = strcspn(hp, "/?#");
+    const char *at = NULL;
+    for (const char *c = hp; c < hp + alen; c++)
+      if (*c == '@') at = c;
+    if (at) {
+      const char *colon = memchr(hp, ':', (size_t)(at - hp));
+      if (!colon)
+        return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
+                          "queue url '%s': userinfo without a password (want redis://[USER]:PASS@HOST:PORT[/DB])", safe);
+      if (url_unescape(hp, (size_t)(colon - hp), user, sizeof user) ||
+          url_unescape(colon + 1, (size_t)(at - colon - 1), pass, sizeof pass))
+        return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue url '%s': bad user or password (percent-encoding, length)",
+                          safe);
+      hp = at + 1;
+    }
+    rc = parse_hostport(hp, host, sizeof host, &port, &db, err);
+    if (rc == 0) rc = nq_queue_redis_open_auth(host, port, db, user, at ? pass : NULL, opts, out, err);
+    explicit_bzero(pass, sizeof pass);
   } else if (strncmp(url, "kafka://", 8) == 0) {
     rc = nq_queue_kafka_open(url + 8, opts, out, err);
   } else {
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL,
-                      "queue url '%s': unknown scheme (want local://NAME, redis://HOST:PORT[/DB], kafka://BROKERS)",
-                      url);
+                      "queue url '%s': unknown scheme (want local://NAME, redis://[[USER]:PASS@]HOST:PORT[/DB], kafka://BROKERS)",
+                      safe);
   }
-  if (rc == 0 && *out && (*out)->url[0] == 0) snprintf((*out)->url, sizeof (*out)->url, "%s", url);
+  if (rc == 0 && *out && (*out)->url[0] == 0) snprintf((*out)->url, sizeof (*out)->url, "%s", safe);
   return rc;
 }
 
@@ -114,7 +175,16 @@ void nq_queue_close(nq_queue_t *q) {
     return (q)->vt->member((q), __VA_ARGS__);                                                             \
   } while (0)
 
+/* A message no worker would accept (the envelope parser refuses more than NQ_QUEUE_MAX_MESSAGE_BYTES) is refused at
+ * publish, so it never occupies the queue or a worker. */
+static int check_msg_size(const char *what, const char *topic, size_t len, nq_err_t *err) {
+  if (len <= NQ_QUEUE_MAX_MESSAGE_BYTES) return 0;
+  return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL, "queue %s to %s: message of %zu bytes exceeds the limit of %u bytes",
+                    what, topic ? topic : "(null)", len, NQ_QUEUE_MAX_MESSAGE_BYTES);
+}
+
 int nq_queue_publish(nq_queue_t *q, const char *topic, const char *body, size_t len, nq_err_t *err) {
+  if (check_msg_size("publish", topic, len, err)) return NQ_ELIMIT;
   NQ__CALL(q, publish, topic, body, len, err);
 }
 int nq_queue_fetch(nq_queue_t *q, const char *const *topics, int ntopics, const char *group, const char *consumer,
@@ -178,6 +248,8 @@ int nq_queue_publish_batch(nq_queue_t *q, const char *topic, const char *const *
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue publish_batch to %s: bad arguments (n %d)",
                       topic ? topic : "(null)", n);
   if (n == 0) return 0;
+  for (int i = 0; i < n; i++)
+    if (check_msg_size("publish_batch", topic, lens[i], err)) return nq_err_prefix(err, "item %d of %d", i, n);
   if (q->vt->publish_batch) return q->vt->publish_batch(q, topic, bodies, lens, n, err);
   if (!q->vt->publish)
     return nq_err_set(err, NQ_EUNSUPPORTED, NQ_ERR_FATAL, "queue backend %s: publish unsupported", q->vt->name);

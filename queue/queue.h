@@ -128,6 +128,10 @@ typedef struct nq_completion {
   const char *result;     /* borrowed: result JSON appended to the job's results */
 } nq_completion_t;
 
+/* Largest message body nq_queue_publish / _publish_batch accept; equal to NQ_ENVELOPE_MAX_BYTES (the worker's parser
+ * refuses anything larger, so it could never run). Larger ones are NQ_ELIMIT, fatal. */
+#define NQ_QUEUE_MAX_MESSAGE_BYTES (16u << 20)
+
 typedef struct nq_queue_opts {
   int lease_ms;   /* visibility timeout; default 30000 */
   const char *const *kv; /* borrowed: backend properties as key,value pairs (kafka: librdkafka props) */
@@ -142,14 +146,23 @@ struct nq_queue {
 };
 
 /* Open by URL: "local://NAME" (in-process; the same NAME in one process = the same queue),
- * "redis://HOST:PORT[/DB]", "kafka://BROKER[,BROKER]". opts may be NULL. */
+ * "redis://[[USER]:PASS@]HOST:PORT[/DB]", "kafka://BROKER[,BROKER]". opts may be NULL. Redis credentials
+ * (percent-encoded where they hold '@', ':', '/' or '%') are sent as AUTH USER PASS (ACL user) or AUTH PASS
+ * (requirepass) on every connection; q->url and every error message show the password as "***". */
 int nq_queue_open(const char *url, const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err);
 void nq_queue_close(nq_queue_t *q);
+/* Copy of url with the password of a "scheme://user:pass@host..." userinfo replaced by "***" (a URL without one
+ * is copied as is). For every place a queue / store / broker URL is printed or logged. Returns out. */
+char *nq_url_redact(const char *url, char *out /* OUT */, size_t cap);
 
 /* Backend constructors (called by nq_queue_open). */
 int nq_queue_local_open(const char *name, const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err);
 int nq_queue_redis_open(const char *host, int port, int db, const nq_queue_opts_t *opts, nq_queue_t **out,
                         nq_err_t *err);
+/* Same with credentials sent as AUTH [user] pass right after every connect and reconnect (user NULL or "": the
+ * legacy requirepass form). Both are copied; the password never appears in q->url, logs or error messages. */
+int nq_queue_redis_open_auth(const char *host, int port, int db, const char *user, const char *pass,
+                             const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err);
 int nq_queue_kafka_open(const char *brokers, const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err);
 
 /* Thin wrappers: q->vt->x(q, ...), or NQ_EUNSUPPORTED for a NULL optional member. */

@@ -64,6 +64,8 @@ struct rq {
   nq_queue_t base; /* first */
   char host[256];
   int port, db;
+  char *user;        /* owned, NULL: AUTH without a user name (requirepass) */
+  char *pass;        /* owned, NULL: no AUTH; wiped at close; never printed */
   pthread_key_t key; /* -> rconn_t of the calling thread */
   pthread_mutex_t mu;
   rconn_t *conns;    /* owned: every thread's connection, freed at close */
@@ -217,6 +219,21 @@ static rconn_t *conn_get(rq_t *q, int *fresh, nq_err_t *err) {
     nq_err_set(err, NQ_EQUEUE, NQ_ERR_RETRIABLE, "redis %s:%d: set timeout: %s", q->host, q->port, rc->c->errstr);
     conn_drop(rc);
     return NULL;
+  }
+  if (q->pass) {
+    /* AUTH on every (re)connect; the reply's error text is the server's ("WRONGPASS ..."), never the password */
+    redisReply *r = q->user ? redisCommand(rc->c, "AUTH %s %s", q->user, q->pass) : redisCommand(rc->c, "AUTH %s", q->pass);
+    int ok = r && r->type != REDIS_REPLY_ERROR;
+    if (!ok) {
+      int auth_err = r != NULL; /* a refused password is a configuration error, not a network hiccup */
+      nq_err_set(err, NQ_EQUEUE, auth_err ? NQ_ERR_FATAL : NQ_ERR_RETRIABLE, "redis %s:%d: AUTH%s%s%s: %s", q->host,
+                 q->port, q->user ? " as user '" : "", q->user ? q->user : "", q->user ? "'" : "",
+                 r ? r->str : rc->c->errstr);
+      if (r) freeReplyObject(r);
+      conn_drop(rc);
+      return NULL;
+    }
+    freeReplyObject(r);
   }
   if (q->db) {
     redisReply *r = redisCommand(rc->c, "SELECT %d", q->db);
@@ -1480,8 +1497,17 @@ static int r_dlq_purge(nq_queue_t *qq, int *n, nq_err_t *err) {
 /* ---------------------------------------------------------------- lifecycle */
 
 /* Call only when no other thread uses q any more. */
+/* Wipes and frees the credentials. */
+static void creds_free(rq_t *q) {
+  if (q->pass) explicit_bzero(q->pass, strlen(q->pass));
+  free(q->pass);
+  free(q->user);
+  q->pass = q->user = NULL;
+}
+
 static void r_free(nq_queue_t *qq) {
   rq_t *q = (rq_t *)qq;
+  creds_free(q);
   pthread_key_delete(q->key); /* no destructor runs after this: the connections are freed here */
   for (rconn_t *c = q->conns, *n; c; c = n) {
     n = c->next;
@@ -1527,6 +1553,11 @@ static int sha1_hex(const char *s, char out[41]) {
 
 int nq_queue_redis_open(const char *host, int port, int db, const nq_queue_opts_t *opts, nq_queue_t **out,
                         nq_err_t *err) {
+  return nq_queue_redis_open_auth(host, port, db, NULL, NULL, opts, out, err);
+}
+
+int nq_queue_redis_open_auth(const char *host, int port, int db, const char *user, const char *pass,
+                             const nq_queue_opts_t *opts, nq_queue_t **out, nq_err_t *err) {
   if (!host || !out || port <= 0 || port > 65535 || db < 0)
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "redis queue open: bad host/port/db");
   *out = NULL;
@@ -1536,16 +1567,28 @@ int nq_queue_redis_open(const char *host, int port, int db, const nq_queue_opts_
   if (!q) return oom(err, "open");
   q->base.vt = &redis_vt;
   q->base.lease_ms = opts && opts->lease_ms > 0 ? opts->lease_ms : 30000;
-  snprintf(q->base.url, sizeof q->base.url, "redis://%s:%d/%d", host, port, db);
+  if (pass && user && *user)
+    snprintf(q->base.url, sizeof q->base.url, "redis://%.100s:***@%s:%d/%d", user, host, port, db);
+  else if (pass)
+    snprintf(q->base.url, sizeof q->base.url, "redis://:***@%s:%d/%d", host, port, db);
+  else
+    snprintf(q->base.url, sizeof q->base.url, "redis://%s:%d/%d", host, port, db);
   snprintf(q->host, sizeof q->host, "%s", host);
+  if ((pass && !(q->pass = strdup(pass))) || (pass && user && *user && !(q->user = strdup(user)))) {
+    creds_free(q);
+    free(q);
+    return oom(err, "open");
+  }
   q->port = port;
   q->db = db;
   for (int i = 0; i < NQ_LUA_N; i++)
     if (sha1_hex(nq_lua_src[i], q->sha[i])) {
+      creds_free(q);
       free(q);
       return nq_err_set(err, NQ_EINTERNAL, NQ_ERR_FATAL, "redis queue open: SHA-1 unavailable");
     }
   if (pthread_key_create(&q->key, conn_dtor)) {
+    creds_free(q);
     free(q);
     return nq_err_set(err, NQ_ELIMIT, NQ_ERR_RETRIABLE, "redis queue open: out of thread keys");
   }

@@ -3,6 +3,7 @@
 
 #include <libgen.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,12 +50,49 @@ static int finish_spec(nq_job_spec_t *s, const char *name, nq_err_t *err) {
   return 0;
 }
 
+/* params values that name files resolve against the job file's directory, as dataset.path does: the keys model,
+ * tokenizer, nextgpt, taesd, config_dir and every key ending in _model, _path or _dir. A relative value is resolved
+ * when it starts with "./" or "../" or when the resolved path exists; anything else (a model name, a path meant for
+ * the worker's own directory) is left as it is. Absolute paths and URIs (scheme://) are never touched. */
+static bool param_names_file(const char *k) {
+  static const char *const keys[] = {"model", "tokenizer", "nextgpt", "taesd", "config_dir"};
+  static const char *const sfx[] = {"_model", "_path", "_dir"};
+  for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+    if (!strcmp(k, keys[i])) return true;
+  size_t kl = strlen(k);
+  for (size_t i = 0; i < sizeof sfx / sizeof *sfx; i++) {
+    size_t sl = strlen(sfx[i]);
+    if (kl > sl && !strcmp(k + kl - sl, sfx[i])) return true;
+  }
+  return false;
+}
+
+static void normalize_path(char *p);
+
+static int resolve_params(nq_job_spec_t *s, nq_err_t *err) {
+  const char *k;
+  json_t *v;
+  json_object_foreach(s->params, k, v) {
+    const char *p = json_string_value(v);
+    if (!p || !*p || p[0] == '/' || strstr(p, "://") || !param_names_file(k)) continue;
+    char abs[PATH_MAX];
+    if ((size_t)snprintf(abs, sizeof abs, "%s/%s", s->base_dir, p) >= sizeof abs) continue;
+    if (strncmp(p, "./", 2) && strncmp(p, "../", 3) && access(abs, F_OK) != 0) continue;
+    normalize_path(abs);
+    json_t *nv = json_string(abs);
+    if (!nv || json_object_set_new(s->params, k, nv))
+      return nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "params.%s: out of memory", k);
+  }
+  return 0;
+}
+
 int nq_job_spec_load_string(const char *yaml, size_t len, const char *name, const char *base_dir, nq_job_spec_t *spec,
                             nq_err_t *err) {
   memset(spec, 0, sizeof *spec);
   int rc = nq_config_load_string(yaml, len, name, nq_job_props, spec, NULL, err);
   if (!rc) rc = finish_spec(spec, name, err);
   if (!rc && !(spec->base_dir = strdup(base_dir ? base_dir : "."))) rc = nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "oom");
+  if (!rc) rc = resolve_params(spec, err);
   if (rc) nq_job_spec_deinit(spec);
   return rc;
 }
@@ -70,6 +108,7 @@ int nq_job_spec_load(const char *path, nq_job_spec_t *spec, nq_err_t *err) {
     spec->base_dir = strdup(realpath(d, abs) ? abs : d);
     if (!spec->base_dir) rc = nq_err_set(err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "oom");
   }
+  if (!rc) rc = resolve_params(spec, err);
   if (rc) nq_job_spec_deinit(spec);
   return rc;
 }
@@ -83,13 +122,43 @@ void nq_job_spec_deinit(nq_job_spec_t *spec) {
 int nq_job_counts_complete(const nq_job_counts_t *c) { return c->total >= 0 && c->ok + c->dead >= c->total; }
 
 /* Relative paths in the job file resolve against the job file's directory (like docker-compose). */
+/* Lexical normalisation of an absolute path in place: "//" and "/./" collapse, "x/.." is removed (the store refuses
+ * ".." segments; the directories need not exist yet, so realpath cannot be used). */
+static void normalize_path(char *p) {
+  if (p[0] != '/') return;
+  char *out = p, *r = p;
+  size_t n = 0; /* bytes written after the leading '/' */
+  while (*r) {
+    while (*r == '/') r++;
+    if (!*r) break;
+    const char *seg = r;
+    while (*r && *r != '/') r++;
+    size_t len = (size_t)(r - seg);
+    if (len == 1 && seg[0] == '.') continue;
+    if (len == 2 && seg[0] == '.' && seg[1] == '.') {
+      while (n > 0 && out[n - 1] != '/') n--; /* drop the last "/segment" (at the root, ".." stays the root) */
+      if (n > 0) n--;
+      continue;
+    }
+    out[n++] = '/';
+    memmove(out + n, seg, len);
+    n += len;
+  }
+  if (n == 0) n = 1;
+  out[0] = '/';
+  out[n] = 0;
+}
+
 static void resolve_path(const char *base, const char *p, char *out, size_t cap) {
   if (!p) {
     out[0] = 0;
     return;
   }
   if (p[0] == '/' || strstr(p, "://")) snprintf(out, cap, "%s", p);
-  else snprintf(out, cap, "%s/%s", base, p);
+  else {
+    snprintf(out, cap, "%s/%s", base, p);
+    normalize_path(out);
+  }
 }
 
 static void make_job_id(const nq_job_spec_t *spec, char *out, size_t cap) {

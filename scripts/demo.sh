@@ -1,56 +1,60 @@
 #!/usr/bin/env bash
-# make demo: the main job on the embedded queue with the bundled tiny models (no download).
-# Runs `nextq run` over examples/demo/prompts.jsonl with the llm stage on the real stories260K LLaMA
-# (../shared/models), 8 prompts decoded together, then prints each task's generated text from the manifest.
+# make demo: NExT-GPT end to end on the embedded queue with a tiny model, no download.
+#   1. the tiny NExT-GPT (build/tiny-nextgpt, `nextq model init-tiny`): real layouts, stories260K as the LLM and the
+#      real TAESD when ../shared/models (or $NQ_MODELS_DIR) has them, else every weight seeded random;
+#   2. the sample dataset (build/demo/data, `nextq demo-data`): PNGs, WAVs and captions in a WebDataset shard + JSONL;
+#   3. three jobs through `nextq run` (configs/jobs/*.yaml, paths relative to the files):
+#        eval.yaml  captioning: encode -> llm, BLEU-4 / CIDEr-D against the references (_eval.json)
+#        t2x.yaml   text -> image: llm -> generate-image (PNG)
+#        demo.yaml  any-to-any: image + sound + question -> encode -> llm -> generate-image (text + PNG)
+#   and prints where the outputs and manifests are. NQ_DEMO_N sets the number of items (default 4).
 set -euo pipefail
 bin=${1:-build/nextq}
-shared=${NQ_SHARED:-../shared}
-shared=$(cd "$shared" && pwd)
+n=${NQ_DEMO_N:-4}
+models=${NQ_MODELS_DIR:-${NQ_SHARED:-../shared}/models}
 out=build/demo
-rm -rf "$out"; mkdir -p "$out"
-cat > "$out/demo.yaml" <<YAML
-job: demo
-stage: llm
-dataset: {format: jsonl, path: $(pwd)/examples/demo/prompts.jsonl}
-output: $(pwd)/$out/out
-batch_size: 1
-params:
-  model: $shared/models/stories260K/stories260K.bin
-  tokenizer: $shared/models/stories260K/tok512.bin
-  max_new_tokens: 48
-  temperature: 0.8
-  top_p: 0.9
-  seed: 42
-YAML
-echo "== nextq run $out/demo.yaml  (embedded queue, llm stage, stories260K)"
-job=$("$bin" run "$out/demo.yaml" --workers 2 --batch 8)
-manifest="$out/out/$job/_manifest.jsonl"
-echo "== $manifest"
-python3 - "$manifest" <<'PY' 2>/dev/null || cat "$manifest"
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print(f"{r['task']}  [{r['status']}]  {r['text'].strip()[:110]}")
-PY
-test -f "$out/out/$job/_SUCCESS" && echo "== _SUCCESS: every task ok"
-
-# ---- NExT-GPT chain on the tiny model: captioning (encode -> llm) with BLEU-4 / CIDEr-D against the references ----
 tiny=build/tiny-nextgpt
-if [ ! -f "$tiny/nextgpt.yaml" ]; then
+t0=$(date +%s)
+
+if [ ! -f "$tiny/nextgpt.yaml" ] || [ ! -f "$tiny/sd/model_index.json" ]; then
   echo "== nextq model init-tiny --out $tiny"
-  NQ_MODELS_DIR="$shared/models" "$bin" model init-tiny --out "$tiny" >/dev/null
+  if [ -d "$models/stories260K" ]; then
+    NQ_MODELS_DIR="$models" "$bin" model init-tiny --out "$tiny" >/dev/null
+  else
+    echo "   ($models not found: a FULLY RANDOM tiny model; its text and images are noise)"
+    "$bin" model init-tiny --out "$tiny" --random >/dev/null
+  fi
 fi
-echo "== nextq demo-data --out $out/data  (PNG + WAV + captions in a WebDataset shard, made by nextq itself)"
-"$bin" demo-data --out "$out/data" --n 4 >/dev/null
-mkdir -p "$out/jobs"
-sed "s#\.\./\.\./build/#$(pwd)/build/#g" configs/jobs/eval.yaml > "$out/jobs/eval.yaml"
-echo "== nextq run $out/jobs/eval.yaml  (encode -> llm, NExT-GPT tiny; random ImageBind/projectors: captions are noise)"
-job=$("$bin" run "$out/jobs/eval.yaml" --workers 2 2>/dev/null)
-echo "== $out/out/$job/_manifest.jsonl"
-python3 - "$out/out/$job/_manifest.jsonl" <<'PY' 2>/dev/null || cat "$out/out/$job/_manifest.jsonl"
+rm -rf "$out"; mkdir -p "$out"
+echo "== nextq demo-data --out $out/data --n $n  (PNG + WAV + captions, WebDataset shard + JSONL, made by nextq)"
+"$bin" demo-data --out "$out/data" --n "$n" >/dev/null
+
+show() { # job manifest -> one line per task
+  python3 - "$1" <<'PY' 2>/dev/null || cat "$1"
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    print(f"{r['task']}  [{r['status']}]  ref: {r['eval']['refs'][0]!r}  caption: {r['text'].strip()[:60]!r}")
+    files = [o["uri"].split("/")[-1] for o in r.get("outputs", []) if o["uri"].endswith((".png", ".wav", ".mp4"))]
+    print(f"  {r['task']}  [{r['status']} @ {r['stage']}]  {r.get('text', '').strip()[:70]!r}  {' '.join(files)}")
 PY
-echo "== $out/out/$job/_eval.json"; cat "$out/out/$job/_eval.json"; echo
+}
+
+for j in eval t2x demo; do
+  echo "== nextq run configs/jobs/$j.yaml"
+  job=$("$bin" run "configs/jobs/$j.yaml" --workers 2 2>>"$out/run.log")
+  dir="$out/out/$job"
+  show "$dir/_manifest.jsonl"
+  [ -f "$dir/_eval.json" ] && { echo "  $dir/_eval.json:"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('  ', {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items() if k.startswith(('bleu', 'cider', 'items'))})" "$dir/_eval.json" 2>/dev/null || cat "$dir/_eval.json"; }
+  test -f "$dir/_SUCCESS" || { echo "job $job: not every task ok (see $dir/_manifest.jsonl, $out/run.log)"; exit 1; }
+  echo "  outputs: $dir/  (manifest: $dir/_manifest.jsonl)"
+done
+echo "== one request without a queue: nextq generate \"show me a picture of a cat\" --model $tiny/nextgpt.yaml --out $out/generate"
+"$bin" generate "show me a picture of a cat" --model "$tiny/nextgpt.yaml" --out "$out/generate" --modality image \
+  --param steps=20 2>>"$out/run.log" | sed 's/^/  /'
+echo "== done in $(( $(date +%s) - t0 )) s; outputs under $out/out/ and $out/generate/"
+if [ ! -d "$models/stories260K" ]; then
+  echo "   random model: put stories260K.bin + tok512.bin (karpathy/llama2.c tinyllamas, MIT) under MODELS/stories260K/"
+  echo "   and taesd_decoder.safetensors (madebyollin/taesd) under MODELS/taesd/, then"
+  echo "   rm -rf $tiny && NQ_MODELS_DIR=MODELS make demo"
+fi
+echo "   the released NExT-GPT: configs/models/nextgpt-7b-tiva-v0.yaml says which public files go where (docs/nextgpt.md)"

@@ -10,6 +10,10 @@
  * Safety: every path is checked before use — no ".." segment, no control characters, segments of at most 255 bytes,
  * at most 1024 bytes in all (keys) — and, when a root is configured, must stay inside it both lexically and after
  * resolving symlinks (realpath of the deepest existing ancestor). Violations are NQ_EKEY with NQ_ERR_FATAL.
+ * Writes under a root never follow a symlink at all: the directories are walked one segment at a time from an fd of
+ * the root with openat(O_NOFOLLOW | O_DIRECTORY) (mkdirat for missing ones), and the temp file, the rename and the
+ * directory fsync are all relative to the final directory's fd, so a symlink swapped in after the check cannot
+ * redirect a write (no check-to-use window). A symlink below the root, even one pointing inside it, makes a put fail.
  *
  * Writes are atomic: a reader sees the old object or the whole new one, never a half file (temp name in the same
  * directory, fsync, rename, fsync of the directory). Rewriting an object is allowed (idempotent task outputs).

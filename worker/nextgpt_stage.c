@@ -317,9 +317,15 @@ void nq_ngstage_llm_task(nq_ngcache_t *c, nq_task_ctx_t *t, const char *model) {
         }
       }
       if (n_text > 0 && o.tokens[n_text - 1] == ng->llm->cfg.eos_id) n_text--;
-      /* drop a broken span of this modality and everything after it */
+      /* drop a span of this modality, a broken span of any other (the teacher-forced pass refuses those, as
+       * upstream does) and everything after it */
       for (int k = 0; k < n_text; k++)
-        if (o.tokens[k] == ng->sig_ids[force][0]) n_text = k;
+        for (int m = 0; m < NQ_NG_N_MODALITIES; m++) {
+          const int Nm = ng->n_sig[m];
+          if (Nm <= 0 || o.tokens[k] != ng->sig_ids[m][0]) continue;
+          if (m == force || k + Nm > n_text || memcmp(o.tokens + k, ng->sig_ids[m], sizeof(int32_t) * (size_t)Nm))
+            n_text = k;
+        }
       const int N = ng->n_sig[force], G = n_text + N + (L ? L : 1);
       int32_t *ids = malloc(sizeof(int32_t) * (size_t)G);
       if (!ids) rc = nq_err_set(&err, NQ_ENOMEM, NQ_ERR_RETRIABLE, "llm: out of memory");

@@ -6,7 +6,13 @@
  * generate call already decodes the whole batch together and uses every core).
  *
  * Task input: {"prompt": "..."} (or "text"); params: max_new_tokens (default 64), temperature (0 = greedy),
- * top_p, top_k, seed, stop (string or list of strings). Tasks with equal params are decoded together.
+ * top_p, top_k, seed, stop (string or list of strings), max_prompt_tokens. Tasks with equal params are decoded
+ * together.
+ *
+ * Prompt limit: the worker's stage config llm.max_prompt_tokens (or $NQ_LLM_MAX_PROMPT_TOKENS) caps the prompt
+ * tokens (BOS included) of every task; params.max_prompt_tokens may only lower it. A longer prompt fails its own task
+ * (NQ_ELIMIT, fatal, naming the count and the limit) and never the batch it was grouped with. Without either limit
+ * only the model's context applies.
  *
  * NExT-GPT: with params.nextgpt (or {llm: {nextgpt: YAML}} / $NQ_NEXTGPT_MODEL) the task runs the NExT-GPT model
  * instead — encoded media from input.prev.encode, signal tokens, routing to generate-* (worker/nextgpt_stage.h).
@@ -36,6 +42,7 @@ typedef struct llm_state {
   int n;
   char *def_model, *def_tok; /* owned, may be NULL */
   char *def_nextgpt;         /* owned, may be NULL: NExT-GPT model YAML (worker/nextgpt_stage.h) */
+  long long max_prompt_tokens; /* worker cap on prompt tokens; 0 = none (model context only) */
   nq_ngcache_t *ng;          /* owned: NExT-GPT models (the NExT-GPT path of this stage) */
 } llm_state_t;
 
@@ -52,6 +59,13 @@ static int llm_init(void **state, const json_t *config, nq_err_t *err) {
   const char *ngm = json_string_value(json_object_get(config, "nextgpt"));
   if (!ngm) ngm = getenv("NQ_NEXTGPT_MODEL");
   if (ngm && *ngm) s->def_nextgpt = strdup(ngm);
+  json_t *mp = json_object_get(config, "max_prompt_tokens");
+  const char *mpe = getenv("NQ_LLM_MAX_PROMPT_TOKENS");
+  if (json_is_integer(mp) && json_integer_value(mp) > 0) s->max_prompt_tokens = json_integer_value(mp);
+  else if (mp) {
+    free(s->def_model), free(s->def_tok), free(s->def_nextgpt), free(s);
+    return nq_err_set(err, NQ_ECONFIG, NQ_ERR_FATAL, "llm: stage config max_prompt_tokens must be a positive integer");
+  } else if (mpe && *mpe) s->max_prompt_tokens = atoll(mpe) > 0 ? atoll(mpe) : 0;
   if (!(s->ng = nq_ngcache_new())) {
     free(s->def_model), free(s->def_tok), free(s->def_nextgpt), free(s);
     return nq_err_set(err, NQ_ENOMEM, NQ_ERR_FATAL, "llm: out of memory");
@@ -116,6 +130,8 @@ static int params_of(const json_t *params, nq_gen_params_t *p, const char **stop
   } else {
     p->max_new_tokens = 64;
   }
+  if ((v = json_object_get(params, "max_prompt_tokens")) && (!json_is_integer(v) || json_integer_value(v) < 1))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "llm: params.max_prompt_tokens must be a positive integer");
   if ((v = json_object_get(params, "temperature"))) {
     if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 100)
       return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "llm: params.temperature must be a number in 0..100");
@@ -206,6 +222,37 @@ static void llm_run_batch(void *state, nq_task_ctx_t *t, int n) {
     if (!e) {
       for (int k = 0; k < m; k++) t[idx[k]].err = err, t[idx[k]].rc = err.code;
       continue;
+    }
+    /* prompt token limit: per task, so one long prompt fails only its own task */
+    long long lim = s->max_prompt_tokens;
+    json_t *pl = json_object_get(pi, "max_prompt_tokens");
+    if (json_is_integer(pl) && json_integer_value(pl) > 0 && (!lim || json_integer_value(pl) < lim))
+      lim = json_integer_value(pl);
+    if (lim > 0) {
+      int kept = 0;
+      for (int k = 0; k < m; k++) {
+        size_t bytes = strlen(prompts[k]);
+        int ntok = 0;
+        if (bytes + 2 > (size_t)lim) { /* SentencePiece gives at most one token per byte (+ BOS, dummy prefix) */
+          int32_t *ids = NULL;
+          nq_sp_encode_opts_t eo = {.add_bos = gp.add_bos, .add_dummy_prefix = -1};
+          nq_err_t terr = {0};
+          if (nq_sp_encode(e->llm->tok, prompts[k], bytes, &eo, &ids, &ntok, &terr) != 0) {
+            t[idx[k]].err = terr, t[idx[k]].rc = terr.code;
+            continue;
+          }
+          free(ids);
+        }
+        if (ntok > lim) {
+          nq_task_fail(&t[idx[k]], NQ_ELIMIT, NQ_ERR_FATAL,
+                       "llm: prompt of %d tokens exceeds max_prompt_tokens = %lld (task %s)", ntok, lim,
+                       t[idx[k]].env->task);
+          continue;
+        }
+        prompts[kept] = prompts[k], idx[kept++] = idx[k];
+      }
+      m = kept;
+      if (m == 0) continue;
     }
     gp.max_batch = m < 16 ? m : 16;
     pthread_mutex_lock(&e->run_mu);

@@ -17,6 +17,8 @@ enum { TD = 64, TF = 172, TL = 5, TH = 8, TKV = 4, TV = 512, TCTX = 512, TADD = 
 enum { PD = 32, PHEADS = 4, PLAYERS = 4, PFFN = 128 };
 
 int nq_nextgpt_tiny__imagebind(const char *dir, uint64_t seed, nq_err_t *err); /* nextgpt_tiny_media.c */
+int nq_nextgpt_tiny__diffusion(const char *out_dir, uint64_t seed, const char *models_dir, unsigned *written,
+                               nq_err_t *err); /* nextgpt_tiny_diffusion.c */
 
 void nq_nextgpt_tiny_opts_init(nq_nextgpt_tiny_opts_t *o) {
   memset(o, 0, sizeof(*o));
@@ -426,7 +428,9 @@ static const char nq_tiny__yaml[] =
     "vicuna_ckpt_path: vicuna\n"
     "delta_ckpt_path: delta/nextgpt.safetensors\n"
     "imagebind_ckpt_path: imagebind\n"
-    "# image_diffusion / video_diffusion / audio_diffusion: (not written by init-tiny yet)\n"
+    "image_diffusion: sd               # tiny Stable Diffusion (diffusers layout; cross_attention_dim 768)\n"
+    "video_diffusion: zeroscope        # tiny ZeroScope (UNet3D, cross_attention_dim 1024)\n"
+    "audio_diffusion: audioldm         # tiny AudioLDM (class embeddings 512; no CLAP: guidance <= 1)\n"
     "n_img_tokens: 4\n"
     "num_gen_img_tokens: 4\n"
     "text_emb_to_img_layers: [-1]\n"
@@ -513,6 +517,8 @@ int nq_nextgpt_init_tiny(const char *out_dir, const nq_nextgpt_tiny_opts_t *opts
     rc = nq_tiny__mkdirs(p, err);
     if (!rc) rc = nq_nextgpt_tiny__imagebind(p, o.seed, err);
   }
+  unsigned dec = 0;
+  if (!rc) rc = nq_nextgpt_tiny__diffusion(out_dir, o.seed, o.models_dir, &dec, err);
   if (!rc) {
     char y[8192];
     snprintf(y, sizeof y, nq_tiny__yaml, (unsigned long long)o.seed,
@@ -522,6 +528,8 @@ int nq_nextgpt_init_tiny(const char *out_dir, const nq_nextgpt_tiny_opts_t *opts
     rc = nq_tiny__write_text(p, y, err);
     if (!rc && info) {
       info->trained_llm = trained;
+      info->decoders = dec;
+      if (dec & NQ_TINY_TAESD) snprintf(info->taesd, sizeof info->taesd, "%s/taesd", out_dir);
       snprintf(info->yaml, sizeof info->yaml, "%s", p);
     }
   }

@@ -17,8 +17,13 @@
  *   OUT/imagebind/                   ImageBind-tiny: model.safetensors with both trunks (vision, audio) under
  *                                    ImageBind's state_dict names + config.json (imagebind-dims/1); width 32, one
  *                                    block, 4 heads, the real token layouts, 1024-d output (nextgpt_tiny_media.c)
- * The diffusion decoders are NOT written here yet (image_diffusion / video_diffusion / audio_diffusion are left out of
- * the YAML).
+ *   OUT/sd/, OUT/zeroscope/, OUT/audioldm/   tiny diffusers pipelines in the real layouts (nextgpt_tiny_diffusion.c):
+ *                                    Stable Diffusion (UNet2D cross 768, VAE 1/8, CLIP text 768, tokenizer, PNDM),
+ *                                    ZeroScope (UNet3D cross 1024, VAE, CLIP text 1024), AudioLDM (UNet2D with 512-d
+ *                                    class embeddings, 1-channel VAE, HiFi-GAN vocoder; no CLAP text encoder, so
+ *                                    audio runs on NExT-GPT's cond with guidance <= 1); the YAML's image_diffusion /
+ *                                    video_diffusion / audio_diffusion point at them
+ *   OUT/taesd/                       the real TAESD (copied from models_dir/taesd when present)
  */
 #ifndef NQ_COMPUTE_PIPELINES_NEXTGPT_TINY_H
 #define NQ_COMPUTE_PIPELINES_NEXTGPT_TINY_H
@@ -34,8 +39,12 @@ typedef struct nq_nextgpt_tiny_opts {
   const char *models_dir;  /* borrowed: a dir with stories260K/ (../shared/models), or NULL: fully random LLM */
 } nq_nextgpt_tiny_opts_t;
 
+enum { NQ_TINY_SD = 1, NQ_TINY_ZEROSCOPE = 2, NQ_TINY_AUDIOLDM = 4, NQ_TINY_TAESD = 8 };
+
 typedef struct nq_nextgpt_tiny_info {
   bool trained_llm;        /* stories260K was used */
+  unsigned decoders;       /* NQ_TINY_* written */
+  char taesd[4096];        /* OUT/taesd when the real TAESD was copied, else "" */
   char yaml[4096];         /* path of the written model YAML */
 } nq_nextgpt_tiny_info_t;
 

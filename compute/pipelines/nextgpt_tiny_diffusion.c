@@ -464,3 +464,156 @@ static int td_scheduler_write(const char *dir, const char *cls, nq_err_t *err) {
            cls);
   return td_text(sub, "scheduler_config.json", cfg, err);
 }
+
+/* ---- SpeechT5HifiGan vocoder (AudioLDM's vocoder/) ---- */
+
+static int td_hifigan_write(const char *dir, int mels, uint64_t seed, uint64_t salt, nq_err_t *err) {
+  static const int rates[5] = {5, 4, 2, 2, 2}, kern[5] = {16, 16, 8, 4, 4}, rk[3] = {3, 7, 11};
+  const int c0 = 64, ns = 5;
+  char sub[4200], p[4300], cfg[1024];
+  int rc = td_sub(sub, sizeof sub, dir, "vocoder", err);
+  if (rc) return rc;
+  snprintf(cfg, sizeof cfg,
+           "{\n  \"architectures\": [\"SpeechT5HifiGan\"],\n  \"model_type\": \"hifigan\",\n  \"_nextq_tiny\": true,\n"
+           "  \"model_in_dim\": %d,\n  \"sampling_rate\": 16000,\n  \"upsample_initial_channel\": %d,\n"
+           "  \"upsample_rates\": [5, 4, 2, 2, 2],\n  \"upsample_kernel_sizes\": [16, 16, 8, 4, 4],\n"
+           "  \"resblock_kernel_sizes\": [3, 7, 11],\n  \"resblock_dilation_sizes\": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],\n"
+           "  \"leaky_relu_slope\": 0.1,\n  \"normalize_before\": true\n}\n",
+           mels, c0);
+  if ((rc = td_text(sub, "config.json", cfg, err))) return rc;
+  tw_t w;
+  if ((rc = tw_begin(&w, seed, salt, err))) return rc;
+  tw_add(&w, TW_W, 3, NQ_SHAPE(c0, mels, 7), "conv_pre.weight");
+  tw_add(&w, TW_B, 1, NQ_SHAPE(c0), "conv_pre.bias");
+  for (int i = 0; i < ns; i++) {
+    const int ci = c0 >> i, co = c0 >> (i + 1);
+    tw_add(&w, TW_W, 3, NQ_SHAPE(ci, co, kern[i]), "upsampler.%d.weight", i);
+    tw_add(&w, TW_B, 1, NQ_SHAPE(co), "upsampler.%d.bias", i);
+    for (int k = 0; k < 3; k++)
+      for (int s = 1; s <= 2; s++)
+        for (int d = 0; d < 3; d++) {
+          tw_add(&w, TW_W, 3, NQ_SHAPE(co, co, rk[k]), "resblocks.%d.convs%d.%d.weight", i * 3 + k, s, d);
+          tw_add(&w, TW_B, 1, NQ_SHAPE(co), "resblocks.%d.convs%d.%d.bias", i * 3 + k, s, d);
+        }
+  }
+  (void)rates;
+  tw_add(&w, TW_W, 3, NQ_SHAPE(1, c0 >> ns, 7), "conv_post.weight");
+  tw_add(&w, TW_B, 1, NQ_SHAPE(1), "conv_post.bias");
+  tw_add(&w, TW_Z, 1, NQ_SHAPE(mels), "mean");
+  tw_add(&w, TW_G, 1, NQ_SHAPE(mels), "scale");
+  snprintf(p, sizeof p, "%s/model.safetensors", sub);
+  return tw_end(&w, p);
+}
+
+/* ---- the pipelines ---- */
+
+static int td_model_index(const char *dir, const char *json, nq_err_t *err) { return td_text(dir, "model_index.json", json, err); }
+
+/* The real TAESD decoder (and encoder) from models_dir/taesd, copied; 1 when copied, 0 when absent. */
+static int td_copy(const char *src, const char *dst, nq_err_t *err) {
+  FILE *f = fopen(src, "rb");
+  if (!f) return 0;
+  int rc = 0;
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+  FILE *o = fopen(tmp, "wb");
+  if (!o) rc = nq_err_set(err, NQ_EIO, NQ_ERR_FATAL, "%s: %s", tmp, strerror(errno));
+  char buf[65536];
+  size_t n;
+  while (!rc && (n = fread(buf, 1, sizeof buf, f)) > 0)
+    if (fwrite(buf, 1, n, o) != n) rc = nq_err_set(err, NQ_EIO, NQ_ERR_FATAL, "%s: write failed", tmp);
+  if (!rc && ferror(f)) rc = nq_err_set(err, NQ_EIO, NQ_ERR_FATAL, "%s: read failed", src);
+  fclose(f);
+  if (o && fclose(o) != 0 && !rc) rc = nq_err_set(err, NQ_EIO, NQ_ERR_FATAL, "%s: write failed", tmp);
+  if (!rc && rename(tmp, dst) != 0) rc = nq_err_set(err, NQ_EIO, NQ_ERR_FATAL, "%s: rename failed", dst);
+  return rc ? rc : 1;
+}
+
+int nq_nextgpt_tiny__diffusion(const char *out_dir, uint64_t seed, const char *models_dir, unsigned *written,
+                               nq_err_t *err);
+
+int nq_nextgpt_tiny__diffusion(const char *out_dir, uint64_t seed, const char *models_dir, unsigned *written,
+                               nq_err_t *err) {
+  char d[4200];
+  int rc;
+  *written = 0;
+  /* Stable Diffusion v1-5 shaped: 768-wide cross-attention and CLIP, 4 latent channels at 1/8 (64x64 images) */
+  if ((rc = td_sub(d, sizeof d, out_dir, "sd", err))) return rc;
+  const td_unet_t su = {.in_ch = 4, .out_ch = 4, .n = 2, .lpb = 1, .head_value = 4, .groups = 8, .sample_size = 8,
+                        .boc = {32, 64}, .down_attn = {true, false}, .cross = 768};
+  const td_vae_t sv = {.in_ch = 3, .out_ch = 3, .latent = 4, .n = 4, .lpb = 1, .groups = 8, .sample_size = 64,
+                       .boc = {8, 16, 16, 16}, .scaling = 0.18215f};
+  rc = td_model_index(d,
+                      "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n  \"_diffusers_version\": \"0.21.4\",\n"
+                      "  \"_nextq_tiny\": true,\n  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                      "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                      "  \"tokenizer\": [\"transformers\", \"CLIPTokenizer\"],\n"
+                      "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                      "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}\n",
+                      err);
+  if (!rc) rc = td_unet_write(d, &su, seed, 0x51, err);
+  if (!rc) rc = td_vae_write(d, &sv, seed, 0x52, err);
+  if (!rc) rc = td_clip_write(d, 768, 128, 12, false, seed, 0x53, err);
+  if (!rc) rc = td_tokenizer_write(d, false, err);
+  if (!rc) rc = td_scheduler_write(d, "PNDMScheduler", err);
+  if (rc) return nq_err_prefix(err, "tiny sd");
+  *written |= NQ_TINY_SD;
+
+  /* ZeroScope v2 shaped: UNet3D with 1024-wide cross-attention, CLIP hidden 1024 (gelu, pad 0) */
+  if ((rc = td_sub(d, sizeof d, out_dir, "zeroscope", err))) return rc;
+  const td_unet_t zu = {.is3d = true, .in_ch = 4, .out_ch = 4, .n = 2, .lpb = 1, .head_value = 8, .groups = 8,
+                        .sample_size = 8, .boc = {32, 64}, .down_attn = {true, false}, .cross = 1024};
+  rc = td_model_index(d,
+                      "{\n  \"_class_name\": \"TextToVideoSDPipeline\",\n  \"_diffusers_version\": \"0.21.4\",\n"
+                      "  \"_nextq_tiny\": true,\n  \"scheduler\": [\"diffusers\", \"DDIMScheduler\"],\n"
+                      "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                      "  \"tokenizer\": [\"transformers\", \"CLIPTokenizer\"],\n"
+                      "  \"unet\": [\"diffusers\", \"UNet3DConditionModel\"],\n"
+                      "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}\n",
+                      err);
+  if (!rc) rc = td_unet_write(d, &zu, seed, 0x61, err);
+  if (!rc) rc = td_vae_write(d, &sv, seed, 0x62, err);
+  if (!rc) rc = td_clip_write(d, 1024, 128, 16, true, seed, 0x63, err);
+  if (!rc) rc = td_tokenizer_write(d, true, err);
+  if (!rc) rc = td_scheduler_write(d, "DDIMScheduler", err);
+  if (rc) return nq_err_prefix(err, "tiny zeroscope");
+  *written |= NQ_TINY_ZEROSCOPE;
+
+  /* AudioLDM shaped: class embeddings of 512 (NExT-GPT's audio cond), 8 latent channels, 64 mel bins, x160 vocoder */
+  if ((rc = td_sub(d, sizeof d, out_dir, "audioldm", err))) return rc;
+  const td_unet_t au = {.in_ch = 8, .out_ch = 8, .n = 2, .lpb = 1, .head_value = 4, .groups = 8, .sample_size = 16,
+                        .boc = {16, 32}, .down_attn = {false, true}, .cross = 0, .class_in = 512};
+  const td_vae_t av = {.in_ch = 1, .out_ch = 1, .latent = 8, .n = 3, .lpb = 1, .groups = 8, .sample_size = 64,
+                       .boc = {8, 16, 16}, .scaling = 1.0f};
+  rc = td_model_index(d,
+                      "{\n  \"_class_name\": \"AudioLDMPipeline\",\n  \"_diffusers_version\": \"0.21.4\",\n"
+                      "  \"_nextq_tiny\": true,\n  \"scheduler\": [\"diffusers\", \"DDIMScheduler\"],\n"
+                      "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                      "  \"vae\": [\"diffusers\", \"AutoencoderKL\"],\n"
+                      "  \"vocoder\": [\"transformers\", \"SpeechT5HifiGan\"]\n}\n",
+                      err);
+  if (!rc) rc = td_unet_write(d, &au, seed, 0x71, err);
+  if (!rc) rc = td_vae_write(d, &av, seed, 0x72, err);
+  if (!rc) rc = td_hifigan_write(d, 64, seed, 0x73, err);
+  if (!rc) rc = td_scheduler_write(d, "DDIMScheduler", err);
+  if (rc) return nq_err_prefix(err, "tiny audioldm");
+  *written |= NQ_TINY_AUDIOLDM;
+
+  /* the real TAESD, when the small models are at hand */
+  if (models_dir) {
+    char src[4300], dst[4300];
+    snprintf(src, sizeof src, "%s/taesd/taesd_decoder.safetensors", models_dir);
+    FILE *f = fopen(src, "rb");
+    if (f) {
+      fclose(f);
+      if ((rc = td_sub(d, sizeof d, out_dir, "taesd", err))) return rc;
+      snprintf(dst, sizeof dst, "%s/taesd_decoder.safetensors", d);
+      if ((rc = td_copy(src, dst, err)) < 0) return rc;
+      snprintf(src, sizeof src, "%s/taesd/taesd_encoder.safetensors", models_dir);
+      snprintf(dst, sizeof dst, "%s/taesd_encoder.safetensors", d);
+      if ((rc = td_copy(src, dst, err)) < 0) return rc;
+      *written |= NQ_TINY_TAESD;
+    }
+  }
+  return 0;
+}

@@ -68,6 +68,16 @@ static redisContext *connect_h(const nq_redis_harness_t *h) {
     struct timeval t2 = {.tv_sec = 30, .tv_usec = 0};
     redisSetTimeout(c, t2);
   }
+  if (c && h->auth_pass) {
+    redisReply *r = h->auth_user ? redisCommand(c, "AUTH %s %s", h->auth_user, h->auth_pass)
+                                 : redisCommand(c, "AUTH %s", h->auth_pass);
+    int ok = r && r->type != REDIS_REPLY_ERROR;
+    if (r) freeReplyObject(r);
+    if (!ok) {
+      redisFree(c);
+      return NULL;
+    }
+  }
   return c;
 }
 
@@ -85,12 +95,13 @@ static pid_t spawn(const nq_redis_harness_t *h, int aof) {
       dup2(nul, 0), dup2(nul, 1), dup2(nul, 2);
       if (nul > 2) close(nul);
     }
-    if (aof)
-      execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "everysec", "--dir", h->dir, "--logfile", log, "--daemonize", "no", (char *)NULL);
-    else
-      execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", h->dir, "--logfile", log, "--daemonize", "no", (char *)NULL);
+    const char *argv[64] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                            aof ? "yes" : "no", "--dir", h->dir, "--logfile", log, "--daemonize", "no"};
+    int n = 15;
+    if (aof) argv[n++] = "--appendfsync", argv[n++] = "everysec";
+    for (int i = 0; h->extra_args && h->extra_args[i] && n < 63; i++) argv[n++] = h->extra_args[i];
+    argv[n] = NULL;
+    execvp("redis-server", (char *const *)argv);
     _exit(127);
   }
   return pid;
@@ -133,8 +144,14 @@ static int wait_exit(nq_redis_harness_t *h, int ms) {
   return 0;
 }
 
-int nq_redis_harness_start(nq_redis_harness_t *h, int aof) {
+int nq_redis_harness_start(nq_redis_harness_t *h, int aof) { return nq_redis_harness_start_ex(h, aof, NULL, NULL, NULL); }
+
+int nq_redis_harness_start_ex(nq_redis_harness_t *h, int aof, const char *const *extra_args, const char *auth_user,
+                              const char *auth_pass) {
   memset(h, 0, sizeof *h);
+  h->extra_args = extra_args;
+  h->auth_user = auth_user;
+  h->auth_pass = auth_pass;
   snprintf(h->dir, sizeof h->dir, "%s/nq-redis-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   if (!mkdtemp(h->dir)) {
     fprintf(stderr, "redis harness: mkdtemp %s: %s\n", h->dir, strerror(errno));

@@ -20,6 +20,10 @@ typedef struct nq_redis_harness {
   int aof;       /* the running server has appendonly yes (appendfsync everysec) */
   char dir[256]; /* owned temp dir (data + log); removed by _cleanup */
   char url[64];  /* "redis://127.0.0.1:PORT" */
+  const char *const *extra_args; /* borrowed, NULL-terminated, may be NULL: more redis-server arguments (kept for
+                                    _resume), e.g. {"--requirepass", "pw", NULL} */
+  const char *auth_user;         /* borrowed, may be NULL: the harness's own connections send AUTH [user] pass */
+  const char *auth_pass;         /* borrowed, may be NULL */
 } nq_redis_harness_t;
 
 /* 1 if a redis-server binary is on PATH. */
@@ -27,6 +31,10 @@ int nq_redis_harness_available(void);
 /* Starts a server on a free port (retrying on a port race). aof != 0: appendonly yes, appendfsync everysec.
  * 0 or -1 (message on stderr). */
 int nq_redis_harness_start(nq_redis_harness_t *h, int aof);
+/* Same with extra redis-server arguments and the credentials the harness itself authenticates with (for
+ * --requirepass / ACL tests). The arrays and strings are borrowed and must outlive the harness. */
+int nq_redis_harness_start_ex(nq_redis_harness_t *h, int aof, const char *const *extra_args, const char *auth_user,
+                              const char *auth_pass);
 /* Graceful stop (SIGTERM, waits): AOF is fsynced; the dir and port are kept for a restart. */
 int nq_redis_harness_stop(nq_redis_harness_t *h);
 /* SIGKILL, no shutdown work (chaos: what an OOM kill or power cut looks like). Dir and port are kept. */

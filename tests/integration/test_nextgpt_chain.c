@@ -5,7 +5,16 @@
  *   - t2x: the llm stage writes the image signal tensors (hidden/embeds [4,64], cond [77,768]) byte-identically
  *     across runs;
  *   - the chain across two worker processes via a real redis-server: encode on one worker, llm on the other, the
- *     ImageBind .npy files travelling as object-store URIs. */
+ *     ImageBind .npy files travelling as object-store URIs;
+ *   - the full chain encode -> llm -> generate-image across two worker processes (encode + llm on one, generate-image
+ *     on the other) producing a PNG that decodes;
+ *   - text -> image twice through `nextq run`: byte-identical PNGs for the same seed;
+ *   - configs/jobs/demo.yaml itself (the `make demo` any-to-any job, 3 items) through `nextq run`, its relative paths
+ *     resolved against the job file: every task ok at generate-image, PNGs decode, text.txt beside them, manifest
+ *     and _SUCCESS;
+ *   - init-tiny's decoder directories carry the diffusers/transformers tensor names of the golden cases (when
+ *     ../shared is present), and `nextq generate` runs one request without a queue;
+ *   - params naming files resolve against the job file's directory (scheduler). */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +28,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "compute/io/safetensors.h"
+#include "datasets/media.h"
+#include "scheduler/scheduler.h"
 #include "tests/helpers/redis_harness.h"
 
 extern char **environ;
@@ -248,4 +260,221 @@ Test(nextgpt_chain_redis, encode_and_llm_on_different_workers) {
     snprintf(p, sizeof p, "%s/out/%s/%06d/%06d.png.npy", tmp, job, i, i);
     cr_assert(access(p, F_OK) == 0, "missing %s (written by the encode worker)", p);
   }
+}
+
+/* ---- the generate side ---- */
+
+/* A PNG output of the manifest row decodes to an RGB image of the tiny SD's default size (64 x 64). */
+static void check_png(const char *uri) {
+  const char *p = strncmp(uri, "file://", 7) ? uri : uri + 7;
+  nq_media_image_t img;
+  nq_err_t err = {0};
+  cr_assert_eq(nq_media_image_load(p, &img, &err), 0, "%s: %s", p, err.msg);
+  cr_assert(img.w == 64 && img.h == 64, "%s: %dx%d", p, img.w, img.h);
+  long long sum = 0, sq = 0;
+  for (int i = 0; i < img.w * img.h * 3; i++) sum += img.rgb[i], sq += (long long)img.rgb[i] * img.rgb[i];
+  double n = img.w * img.h * 3.0, mean = (double)sum / n, var = (double)sq / n - mean * mean;
+  cr_assert(var > 1.0, "%s: a flat image (mean %.1f, var %.2f)", p, mean, var); /* noise, not a constant */
+  nq_media_image_deinit(&img);
+}
+
+/* Rows all ok at generate-image; each has image.png (decodes) and text.txt in its task directory. */
+static void check_image_rows(const char *job, int n) {
+  json_t *rows = manifest(job);
+  cr_assert_eq((int)json_array_size(rows), n, "manifest rows %zu", json_array_size(rows));
+  size_t i;
+  json_t *r;
+  json_array_foreach(rows, i, r) {
+    cr_assert_str_eq(json_string_value(json_object_get(r, "status")), "ok", "row %zu: %s", i,
+                     json_dumps(r, JSON_COMPACT));
+    cr_assert_str_eq(json_string_value(json_object_get(r, "stage")), "generate-image");
+    const char *png = NULL;
+    size_t j;
+    json_t *o;
+    json_array_foreach(json_object_get(r, "outputs"), j, o) {
+      const char *u = json_string_value(json_object_get(o, "uri"));
+      cr_assert(u && file_exists(u), "output %s missing", u);
+      if (strstr(u, "image.png")) png = u;
+    }
+    cr_assert(png, "row %zu has no image.png", i);
+    check_png(png);
+    char txt[1200];
+    snprintf(txt, sizeof txt, "%.*stext.txt", (int)(strlen(png) - strlen("image.png")), png);
+    cr_assert(file_exists(txt), "row %zu: no %s (the llm stage's text)", i, txt);
+  }
+  json_decref(rows);
+  char p[600];
+  snprintf(p, sizeof p, "%s/out/%s/_SUCCESS", tmp, job);
+  cr_assert(access(p, F_OK) == 0, "no _SUCCESS");
+}
+
+Test(nextgpt_chain, t2x_image_png_deterministic) {
+  char ds[400];
+  snprintf(ds, sizeof ds, "{format: jsonl, path: %s/data/t2x.jsonl}", tmp);
+  write_job("t2i.yaml", "t2i", "llm", "[generate-image]", ds, "  output_modality: image\n  steps: 6\n");
+  char path[400], job[2][256];
+  snprintf(path, sizeof path, "%s/t2i.yaml", tmp);
+  for (int k = 0; k < 2; k++) {
+    cr_assert_eq(run(job[k], sizeof job[k], (const char *[]){"run", path, "--workers", k ? "1" : "2", NULL}), 0);
+    check_image_rows(job[k], 3);
+  }
+  for (int i = 0; i < 3; i++) {
+    char a[700], b[700];
+    snprintf(a, sizeof a, "%s/out/%s/%06d/image.png", tmp, job[0], i);
+    snprintf(b, sizeof b, "%s/out/%s/%06d/image.png", tmp, job[1], i);
+    size_t na, nb;
+    char *da = slurp(a, &na), *db = slurp(b, &nb);
+    cr_assert(da && db, "missing %s", a);
+    cr_assert(na == nb && memcmp(da, db, na) == 0, "%s differs between runs of the same seed", a);
+    free(da), free(db);
+  }
+}
+
+/* configs/jobs/demo.yaml as `make demo` runs it, in a copy of the repository layout it expects. */
+Test(nextgpt_chain, demo_job_through_nextq_run) {
+  char p[700], q[700];
+  snprintf(p, sizeof p, "mkdir -p %s/lay/configs/jobs %s/lay/build/demo && cp configs/jobs/demo.yaml %s/lay/configs/jobs/ "
+           "&& ln -s %s/tiny %s/lay/build/tiny-nextgpt && ln -s %s/data %s/lay/build/demo/data",
+           tmp, tmp, tmp, tmp, tmp, tmp, tmp);
+  cr_assert_eq(system(p), 0, "%s", p);
+  snprintf(p, sizeof p, "%s/lay/configs/jobs/demo.yaml", tmp);
+  char job[256];
+  cr_assert_eq(run(job, sizeof job, (const char *[]){"run", p, "--workers", "2", NULL}), 0, "nextq run %s", p);
+  /* outputs under ../../build/demo/out relative to the job file */
+  snprintf(q, sizeof q, "%s/lay/build/demo/out/%s/_manifest.jsonl", tmp, job);
+  cr_assert(access(q, F_OK) == 0, "no %s", q);
+  /* check_image_rows reads <tmp>/out/<job>: point it there */
+  snprintf(p, sizeof p, "ln -s %s/lay/build/demo/out %s/out", tmp, tmp);
+  cr_assert_eq(system(p), 0);
+  check_image_rows(job, 3);
+  /* every task went through the three stages: the ImageBind embeddings are in its directory too */
+  for (int i = 0; i < 3; i++) {
+    snprintf(p, sizeof p, "%s/out/%s/%06d/%06d.png.npy", tmp, job, i, i);
+    cr_assert(access(p, F_OK) == 0, "missing %s", p);
+    snprintf(p, sizeof p, "%s/out/%s/%06d/image_cond.npy", tmp, job, i);
+    cr_assert(access(p, F_OK) == 0, "missing %s", p);
+  }
+}
+
+Test(nextgpt_chain, generate_cli_one_request) {
+  char model[400], out[400], img[400], buf[4096];
+  snprintf(model, sizeof model, "%s/tiny/nextgpt.yaml", tmp);
+  snprintf(out, sizeof out, "%s/gen", tmp);
+  snprintf(img, sizeof img, "%s/data/media/000001.png", tmp);
+  cr_assert_eq(run(buf, sizeof buf,
+                   (const char *[]){"generate", "what is this? show me one like it", "--image", img, "--model", model,
+                                    "--out", out, "--seed", "5", "--modality", "image", "--param", "steps=4", NULL}),
+               0, "generate: %s", buf);
+  cr_assert(strstr(buf, "text: "), "%s", buf);
+  char p[600];
+  snprintf(p, sizeof p, "%s/image.png", out);
+  check_png(p);
+  snprintf(p, sizeof p, "%s/000001.png.npy", out);
+  cr_assert(access(p, F_OK) == 0, "missing %s (encode)", p);
+  snprintf(p, sizeof p, "%s/result.json", out);
+  json_t *r = json_load_file(p, 0, NULL);
+  cr_assert(r, "no %s", p);
+  json_t *st = json_object_get(r, "stages");
+  cr_assert(json_object_get(st, "encode") && json_object_get(st, "llm") && json_object_get(st, "generate-image"));
+  json_decref(r);
+  cr_assert_neq(run(NULL, 0, (const char *[]){"generate", "x", "--out", out, NULL}), 0, "no --model must fail");
+}
+
+/* The decoders init-tiny writes carry the names and shape patterns of the golden diffusers/transformers cases (the
+ * upstream state_dicts); indices are compared as patterns since the tiny configs differ. */
+static json_t *name_patterns(const char *path) {
+  nq_st_file_t *f = NULL;
+  nq_err_t err = {0};
+  cr_assert_eq(nq_st_open(path, &f, &err), 0, "%s: %s", path, err.msg);
+  json_t *set = json_object();
+  for (size_t i = 0; i < (size_t)nq_st_count(f); i++) {
+    const char *n = nq_st_get(f, i)->name;
+    char pat[512];
+    size_t k = 0;
+    for (const char *c = n; *c && k + 2 < sizeof pat; c++) {
+      if (*c == '.' && c[1] >= '0' && c[1] <= '9') {
+        pat[k++] = '.', pat[k++] = '#';
+        while (c[1] >= '0' && c[1] <= '9') c++;
+      } else pat[k++] = *c;
+    }
+    pat[k] = 0;
+    json_object_set_new(set, pat, json_true());
+  }
+  nq_st_close(f);
+  return set;
+}
+
+Test(nextgpt_chain, tiny_decoders_match_golden_names) {
+  static const char *const pairs[][2] = {
+      {"diffusers/unet2d-sd15/model/unet/diffusion_pytorch_model.safetensors", "sd/unet/diffusion_pytorch_model.safetensors"},
+      {"diffusers/unet2d-audioldm/model/unet/diffusion_pytorch_model.safetensors",
+       "audioldm/unet/diffusion_pytorch_model.safetensors"},
+      {"diffusers/unet3d-zeroscope/model/unet/diffusion_pytorch_model.safetensors",
+       "zeroscope/unet/diffusion_pytorch_model.safetensors"},
+      {"diffusers/vae-decode/model/vae/diffusion_pytorch_model.safetensors", "sd/vae/diffusion_pytorch_model.safetensors"},
+      {"text/clip-text-tiny/model/model.safetensors", "sd/text_encoder/model.safetensors"},
+      {"audio/hifigan-tiny/model/model.safetensors", "audioldm/vocoder/model.safetensors"}};
+  char g[700], t[700];
+  snprintf(g, sizeof g, "%s/golden/diffusers/unet2d-sd15", NQ_SHARED_DIR);
+  if (access(g, F_OK) != 0) cr_skip_test("%s not present", g);
+  for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++) {
+    snprintf(g, sizeof g, "%s/golden/%s", NQ_SHARED_DIR, pairs[i][0]);
+    snprintf(t, sizeof t, "%s/tiny/%s", tmp, pairs[i][1]);
+    json_t *a = name_patterns(g), *b = name_patterns(t);
+    const char *k;
+    json_t *v;
+    json_object_foreach(a, k, v) cr_assert(json_object_get(b, k), "%s: golden tensor pattern %s missing", t, k);
+    /* ours may add only the 1x1 shortcuts its wider channel ladder needs */
+    json_object_foreach(b, k, v) cr_assert(json_object_get(a, k) || strstr(k, "conv_shortcut"), "%s: extra %s", t, k);
+    json_decref(a), json_decref(b);
+  }
+}
+
+/* params naming files resolve against the job file's directory; other values stay as they are. */
+Test(nextgpt_chain, params_paths_resolve_against_the_job_file) {
+  char d[400];
+  snprintf(d, sizeof d, "%s/jobs", tmp);
+  cr_assert_eq(mkdir(d, 0755), 0);
+  const char *y = "job: p\nstage: llm\ndataset: {path: x.jsonl}\noutput: ../out\nparams:\n"
+                  "  nextgpt: ../tiny/nextgpt.yaml\n  vision_model: ../tiny/imagebind\n  model: stories\n"
+                  "  tokenizer: /abs/tok.model\n  taesd: s3://b/taesd\n  prompt: ../not/a/path\n  seed: 3\n";
+  nq_job_spec_t s;
+  nq_err_t err = {0};
+  cr_assert_eq(nq_job_spec_load_string(y, strlen(y), "p.yaml", d, &s, &err), 0, "%s", err.msg);
+  char want[600];
+  snprintf(want, sizeof want, "%s/tiny/nextgpt.yaml", tmp);
+  cr_assert_str_eq(json_string_value(json_object_get(s.params, "nextgpt")), want);
+  snprintf(want, sizeof want, "%s/tiny/imagebind", tmp);
+  cr_assert_str_eq(json_string_value(json_object_get(s.params, "vision_model")), want);
+  cr_assert_str_eq(json_string_value(json_object_get(s.params, "model")), "stories"); /* no such file: a name */
+  cr_assert_str_eq(json_string_value(json_object_get(s.params, "tokenizer")), "/abs/tok.model");
+  cr_assert_str_eq(json_string_value(json_object_get(s.params, "taesd")), "s3://b/taesd");
+  cr_assert_str_eq(json_string_value(json_object_get(s.params, "prompt")), "../not/a/path"); /* not a file key */
+  cr_assert_eq(json_integer_value(json_object_get(s.params, "seed")), 3);
+  nq_job_spec_deinit(&s);
+}
+
+/* The whole chain across two worker processes: encode + llm on one, generate-image on the other. */
+Test(nextgpt_chain_redis, any2any_generate_on_another_worker) {
+  char ds[400];
+  snprintf(ds, sizeof ds, "{format: jsonl, path: %s/data/any2any.jsonl}", tmp);
+  write_job("a2a.yaml", "a2a", "encode", "[llm, generate-image]", ds, "  output_modality: image\n  steps: 5\n");
+  const char *wa[] = {"worker", "--queue", rh.url, "--stages", "encode,llm", "--threads", "1", NULL};
+  const char *wb[] = {"worker", "--queue", rh.url, "--stages", "generate-image", "--threads", "1", NULL};
+  pid_t a = spawn(NULL, wa), b = spawn(NULL, wb);
+  char path[400], job[256];
+  snprintf(path, sizeof path, "%s/a2a.yaml", tmp);
+  cr_assert_eq(run(job, sizeof job, (const char *[]){"submit", path, "--queue", rh.url, NULL}), 0);
+  int rc = run(NULL, 0, (const char *[]){"wait", job, "--queue", rh.url, "--timeout", "150", NULL});
+  kill(a, SIGTERM), kill(b, SIGTERM);
+  wait_exit(a), wait_exit(b);
+  cr_assert_eq(rc, 0, "wait: %d", rc);
+  check_image_rows(job, 3);
+  /* the SD pipeline was loaded (by worker b: worker a does not serve generate-image) */
+  char lp[400];
+  snprintf(lp, sizeof lp, "%s/stderr.log", tmp);
+  size_t n;
+  char *log = slurp(lp, &n);
+  cr_assert(log && strstr(log, "\"component\":\"sd\"") , "no SD load in the workers' log");
+  free(log);
 }
