@@ -153,3 +153,11 @@ fuzz: fuzz-build
 	@FUZZ_OUT=$(FUZZ_BUILD) tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
 
 -include $(FUZZ_LIB_OBJ:.o=.d)
+.SECONDARY:
+
+# Standalone Kafka test broker on librdkafka's mock cluster (prints its bootstrap URL on the first stdout line).
+$(BUILD)/tools/kafka_mock_broker: tests/tools/kafka_mock_broker.c tests/helpers/kafka_broker.c tests/helpers/kafka_broker.h
+	@mkdir -p $(dir $@)
+	@echo "  LD  $@"
+	@$(CC) $(CFLAGS) -o $@ tests/tools/kafka_mock_broker.c tests/helpers/kafka_broker.c -lrdkafka -pthread
+all: $(BUILD)/tools/kafka_mock_broker

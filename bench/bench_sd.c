@@ -14,7 +14,7 @@
  * GEMM peak: oneDNN bf16 when this CPU has native bf16 kernels (AVX512-BF16/AMX), else oneDNN f32 and OpenBLAS sgemm
  * (the best is the reference; said in the output).
  *
- *   build/bench/bench_sd [--threads 2] [--steps 3] [--captions 32] [--size 512] [--keep FILE]
+ *   build/bench/bench_sd [--threads 2] [--steps 2] [--captions 32] [--size 512] [--keep FILE]
  * Default: ~2-3 minutes on 2 cores, ~4 GB of memory, a 2 GB temporary file (removed at exit).
  */
 #include <math.h>
@@ -208,7 +208,7 @@ static int on_step(void *ud, const nq_sd_progress_t *p) {
 }
 
 int main(int argc, char **argv) {
-  int threads = 2, steps = 3, captions = 32, size = 512;
+  int threads = 2, steps = 2, captions = 32, size = 512;
   const char *keep = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);

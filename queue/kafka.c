@@ -17,15 +17,15 @@
  *
  * Delivery on a task topic (the lease model mapped to Kafka):
  *   - each (group, consumer name) of a handle is one librdkafka consumer, cooperative-sticky, auto commit off;
- *     offsets are committed explicitly (synchronously) only when every earlier delivery of the partition is done
- *     (acked, nacked or dead-lettered): the commit point is the lowest offset not yet done.
+ *     offsets are committed explicitly only up to the lowest delivery of the partition not yet done (acked,
+ *     nacked or dead-lettered): a commit never passes a task whose outputs and result are not written.
  *   - between fetches every assigned partition is paused: the worker's heartbeat (extend_lease) keeps calling poll
  *     so librdkafka's max.poll.interval.ms (= lease_ms) never expires while a long task runs, and the paused
  *     partitions fetch nothing meanwhile. A fetch resumes them (fetching restarts at the last position handed out).
  *   - a rebalance that revokes a partition with tasks in flight is deferred until they are done (heartbeats keep
  *     flowing; the coordinator waits up to the rebalance timeout, which librdkafka sets to max.poll.interval.ms).
  *   - a consumer that stops polling for lease_ms (hung) leaves the group; one that dies stops heartbeating and is
- *     expelled after session.timeout.ms (= lease_ms). Its uncommitted deliveries go to the next owner: a
+ *     expelled after session.timeout.ms (= lease_ms, at least 6 s: see session_ms()). Its uncommitted deliveries go to the next owner: a
  *     redelivery (delivery_count 2+), never a loss.
  *   - delivery_count across processes: every fetch commits the unchanged offset with metadata "nq1;F;n" (F = first
  *     offset never delivered, n = deliveries of the message at the commit point), so the next owner knows which
@@ -62,6 +62,7 @@
 #define KQ_MAX_TOPICS 64
 #define KQ_TMO_MS 10000      /* metadata, watermark and commit round trips */
 #define KQ_SLICE_MS 100      /* a blocking fetch polls in slices this long (heartbeats and retries in between) */
+#define KQ_MIN_SESSION_MS 6000 /* see session_ms() */
 #define KQ_LINGER_MS 5       /* once a fetch has something, it waits this long for more to fill the batch */
 #define KQ_T_RETRY "nq.retry"
 #define KQ_T_DLQ "nq.dlq"
@@ -307,7 +308,11 @@ static rd_kafka_conf_t *make_conf(kq_t *q, rd_kafka_type_t type, const char *gro
     if (!rc) rc = conf_set(c, "enable.auto.offset.store", "false", err);
     if (!rc) rc = conf_set(c, "auto.offset.reset", "earliest", err);
     if (!rc) rc = conf_set(c, "fetch.wait.max.ms", "100", err);
-    if (!rc) rc = conf_set(c, "partition.assignment.strategy", "cooperative-sticky", err);
+    /* session_ms < 0: the retry mover. It holds no task, so an eager assignor does; and librdkafka < 2.2 aborts
+     * when a cooperative-sticky member is destroyed between JoinGroup and its first assignment (fixed upstream in
+     * #4381) -- a window the mover hits whenever a peer process died and the group waits out its session. */
+    if (!rc) rc = conf_set(c, "partition.assignment.strategy", session_ms < 0 ? "roundrobin" : "cooperative-sticky", err);
+    if (session_ms < 0) session_ms = -session_ms;
     if (session_ms > 0) {
       snprintf(b, sizeof b, "%d", session_ms);
       if (!rc) rc = conf_set(c, "session.timeout.ms", b, err);
@@ -341,6 +346,9 @@ static rd_kafka_conf_t *make_conf(kq_t *q, rd_kafka_type_t type, const char *gro
   return c;
 }
 
+static void kc_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l, void *opaque);
+static void kc_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l, void *opaque);
+
 static rd_kafka_t *new_client(kq_t *q, rd_kafka_type_t type, const char *group, int session_ms, void *opaque,
                               void (*rebalance)(rd_kafka_t *, rd_kafka_resp_err_t, rd_kafka_topic_partition_list_t *,
                                                 void *),
@@ -349,6 +357,7 @@ static rd_kafka_t *new_client(kq_t *q, rd_kafka_type_t type, const char *group, 
   if (!c) return NULL;
   if (opaque) rd_kafka_conf_set_opaque(c, opaque);
   if (rebalance) rd_kafka_conf_set_rebalance_cb(c, rebalance);
+  if (rebalance == kc_rebalance) rd_kafka_conf_set_offset_commit_cb(c, kc_commit_cb);
   char es[512];
   rd_kafka_t *rk = rd_kafka_new(type, c, es, sizeof es);
   if (!rk) {
@@ -555,8 +564,15 @@ static int64_t part_commit_point(kpart_t *p) {
   return p->hi;
 }
 
-/* Commits every dirty partition (or, with only != NULL, that one): offset = commit point, metadata "nq1;F;n". */
-static void kc_commit(kc_t *kc, kpart_t *only, int force) {
+/* Commits every dirty partition (or, with only != NULL, that one): offset = commit point, metadata "nq1;F;n".
+ * Asynchronous on the hot paths (ack, fetch): a synchronous commit waits while the group rebalances, and a consumer
+ * that does not poll meanwhile overruns max.poll.interval.ms and loses its partitions. A failed async commit marks
+ * its partitions dirty again (kc_commit_cb) and the next call commits them. Revocation, close and stats commit
+ * synchronously: the next owner or the caller must see the result. */
+static void kc_commit_sync(kc_t *kc, kpart_t *only, int force, int sync);
+static void kc_commit(kc_t *kc, kpart_t *only, int force) { kc_commit_sync(kc, only, force, 0); }
+
+static void kc_commit_sync(kc_t *kc, kpart_t *only, int force, int sync) {
   rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
   for (kpart_t *p = kc->parts; p; p = p->next) {
     if ((only && p != only) || (!p->dirty && !force)) continue;
@@ -572,15 +588,24 @@ static void kc_commit(kc_t *kc, kpart_t *only, int force) {
     tp->opaque = p;
   }
   if (l->cnt) {
-    rd_kafka_resp_err_t e = rd_kafka_commit(kc->rk, l, 0);
-    for (int i = 0; i < l->cnt; i++) {
-      kpart_t *p = l->elems[i].opaque;
-      l->elems[i].opaque = NULL;
-      p->dirty = e || l->elems[i].err ? 1 : 0; /* retried on the next fetch/ack/heartbeat */
-    }
-    if (e) NQ_WARN("kafka", "commit for group %s: %s (retried later)", kc->group, rd_kafka_err2str(e));
+    for (int i = 0; i < l->cnt; i++) l->elems[i].opaque = NULL; /* the commit callback must not see our pointers */
+    rd_kafka_resp_err_t e = rd_kafka_commit(kc->rk, l, !sync);
+    for (kpart_t *p = kc->parts; p; p = p->next)
+      if (rd_kafka_topic_partition_list_find(l, p->ktopic, p->part)) p->dirty = e ? 1 : 0;
+    if (e) NQ_DEBUG("kafka", "commit for group %s: %s (retried later)", kc->group, rd_kafka_err2str(e));
   }
   rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Result of an async commit, served inside rd_kafka_consumer_poll (kc->mu held): failed partitions are dirty again. */
+static void kc_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l, void *opaque) {
+  kc_t *kc = opaque;
+  if (!l) return;
+  for (int i = 0; i < l->cnt; i++) {
+    if (!e && !l->elems[i].err) continue;
+    kpart_t *p = part_find(kc, l->elems[i].topic, l->elems[i].partition);
+    if (p) p->dirty = 1;
+  }
 }
 
 /* Forget buffered (not yet handed out) messages of a partition: the next owner reads them from the commit. */
@@ -599,7 +624,7 @@ static void kc_unassign(kc_t *kc, rd_kafka_topic_partition_list_t *l, int lost) 
   for (int i = 0; i < l->cnt; i++) {
     kpart_t *p = part_find(kc, l->elems[i].topic, l->elems[i].partition);
     if (!p) continue;
-    if (!lost) kc_commit(kc, p, 1);
+    if (!lost) kc_commit_sync(kc, p, 1, 1);
     buf_drop(kc, p->ktopic, p->part);
     for (kpart_t **pp = &kc->parts; *pp; pp = &(*pp)->next)
       if (*pp == p) {
@@ -711,7 +736,7 @@ static void kc_free(kc_t *kc) {
     kc_unassign(kc, l, 0);
     rd_kafka_topic_partition_list_destroy(l);
   }
-  kc_commit(kc, NULL, 0);
+  kc_commit_sync(kc, NULL, 1, 1);
   rd_kafka_consumer_close(kc->rk); /* leaves the group: undone deliveries go to the next owner now */
   for (int i = 0; i < kc->nbuf; i++) rd_kafka_message_destroy(kc->buf[i]);
   free(kc->buf);
@@ -779,6 +804,11 @@ static int kc_subscribe(kc_t *kc, const char *const *topics, int ntopics, nq_err
   return 0;
 }
 
+/* session.timeout.ms = max.poll.interval.ms = the lease, at least KQ_MIN_SESSION_MS: Kafka brokers refuse shorter
+ * sessions (group.min.session.timeout.ms, 6 s by default), and the mock expels a member whose session is shorter
+ * than its 3 s initial rebalance delay. */
+static int session_ms(const kq_t *q) { return q->base.lease_ms > KQ_MIN_SESSION_MS ? q->base.lease_ms : KQ_MIN_SESSION_MS; }
+
 static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err) {
   kc_t *kc = kc_find(q, group, name);
   if (kc) return kc;
@@ -790,7 +820,7 @@ static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err)
   }
   kc->q = q;
   pthread_mutex_init(&kc->mu, NULL);
-  kc->rk = new_client(q, RD_KAFKA_CONSUMER, group, q->base.lease_ms, kc, kc_rebalance, err);
+  kc->rk = new_client(q, RD_KAFKA_CONSUMER, group, session_ms(q), kc, kc_rebalance, err);
   if (!kc->rk) {
     pthread_mutex_destroy(&kc->mu);
     free(kc->group);
@@ -900,7 +930,7 @@ static kmover_t *mover_get(kq_t *q, nq_err_t *err) {
     pthread_mutex_init(&m->mu, NULL);
     for (int i = 0; i < 256; i++) m->next_read[i] = -1;
     /* the mover only needs to poll about as often as fetches run; a long silence costs duplicates, not losses */
-    m->rk = new_client(q, RD_KAFKA_CONSUMER, KQ_G_RETRY, q->base.lease_ms > 10000 ? q->base.lease_ms : 10000, m,
+    m->rk = new_client(q, RD_KAFKA_CONSUMER, KQ_G_RETRY, -(session_ms(q) > 10000 ? session_ms(q) : 10000), m,
                        mover_rebalance, err);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, KQ_T_RETRY, RD_KAFKA_PARTITION_UA);
@@ -1843,6 +1873,19 @@ static int k_stats(nq_queue_t *qq, const char *topic, const char *group, nq_queu
   memset(st, 0, sizeof *st);
   int rc = nq_kafka__topic_name(topic, kt, sizeof kt, err);
   if (rc) return rc;
+  if (group && *group) { /* this process's own acks first (async commits may still be on the wire) */
+    pthread_mutex_lock(&q->mu);
+    kc_t *list[256];
+    int nl = 0;
+    for (kc_t *kc = q->kcs; kc && nl < 256; kc = kc->next)
+      if (!strcmp(kc->group, group)) list[nl++] = kc;
+    pthread_mutex_unlock(&q->mu);
+    for (int i = 0; i < nl; i++) {
+      pthread_mutex_lock(&list[i]->mu);
+      kc_commit_sync(list[i], NULL, 1, 1);
+      pthread_mutex_unlock(&list[i]->mu);
+    }
+  }
   pstat_t *s = NULL;
   int32_t np = 0;
   if ((rc = topic_stats(q, kt, group && *group ? group : NULL, &s, &np, err))) return rc;

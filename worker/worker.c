@@ -227,6 +227,29 @@ static void set_ms(nq_task_ctx_t *t, long long ms) {
   json_object_set_new(metrics, "ms", json_integer(ms));
 }
 
+/* A chained task's final result speaks for the whole chain: the outputs of every stage (earlier stages' first, from
+ * input.prev in stage order) and, when the last stage produced no text, the text of the latest stage that did. */
+static json_t *chain_outputs(const nq_envelope_t *env, json_t *mine) {
+  json_t *all = json_array(), *prev = json_object_get(env->input, "prev");
+  const char *k;
+  json_t *v;
+  json_object_foreach(prev, k, v) json_array_extend(all, json_object_get(v, "outputs"));
+  json_array_extend(all, mine);
+  return all;
+}
+
+static void chain_text(const nq_envelope_t *env, json_t *r) {
+  const char *txt = json_string_value(json_object_get(r, "text"));
+  if (txt && *txt) return;
+  const char *k, *found = NULL;
+  json_t *v;
+  json_object_foreach(json_object_get(env->input, "prev"), k, v) {
+    const char *t = json_string_value(json_object_get(v, "text"));
+    if (t && *t) found = t;
+  }
+  if (found) json_object_set_new(r, "text", json_string(found));
+}
+
 /* Successful tasks of one run_batch: follow-up stages are published and acked one by one; terminal ones are
  * reported together with one complete_batch (result + job_mark + ack per task, one round trip). */
 static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, const int *map, nq_task_ctx_t *t,
@@ -250,9 +273,11 @@ static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, c
       nq_metric_add(w->m_tasks, 1, env->stage, "ok");
       continue;
     }
-    json_t *r = json_pack("{s:i,s:s,s:s,s:s,s:s,s:i,s:O}", "v", 1, "job", env->job, "task", env->task, "stage", env->stage,
-                          "status", "ok", "attempts", attempts[j], "outputs", t[j].outputs);
+    json_t *all_outputs = chain_outputs(env, t[j].outputs);
+    json_t *r = json_pack("{s:i,s:s,s:s,s:s,s:s,s:i,s:o}", "v", 1, "job", env->job, "task", env->task, "stage", env->stage,
+                          "status", "ok", "attempts", attempts[j], "outputs", all_outputs);
     json_object_update_missing(r, t[j].result);
+    chain_text(env, r);
     json_object_del(r, "next");
     json_object_del(r, "next_device");
     bodies[m] = json_dumps(r, JSON_COMPACT);
