@@ -14,7 +14,9 @@ for t in "$@"; do
   else
     fail=$((fail+1)); failed+=("$name")
     printf '  FAIL  %-28s %6ss  %s\n' "$name" "$secs" "$summary"
-    printf '%s\n' "$out" | grep -vE "^\[----\]|^\[RUN \]|^\[PASS\]" | tail -40 | sed 's/^/        /'
+    # the failing tests and their assertion messages first, then the tail of everything else
+    printf '%s\n' "$out" | grep -E "^\[FAIL\]|^\[----\] .*(Assert|:[0-9]+:)|^\[----\]   [^ ]" | head -40 | sed 's/^/        /'
+    printf '%s\n' "$out" | grep -vE "^\[----\]|^\[RUN \]|^\[PASS\]" | tail -15 | sed 's/^/        /'
   fi
 done
 echo "test binaries: $pass passed, $fail failed ${failed[*]:-}"
