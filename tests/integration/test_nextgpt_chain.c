@@ -31,6 +31,7 @@
 #include "compute/io/safetensors.h"
 #include "datasets/media.h"
 #include "scheduler/scheduler.h"
+#include "tests/helpers/proc.h"
 #include "tests/helpers/redis_harness.h"
 
 extern char **environ;
@@ -40,42 +41,18 @@ static char tmp[256];
 static const char *bin;
 
 static pid_t spawn(const char *out_path, const char *const *args) {
-  const char *argv[64];
-  int n = 0;
-  argv[n++] = bin;
-  for (int i = 0; args[i]; i++) argv[n++] = args[i];
-  argv[n] = NULL;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
   char log[300];
   snprintf(log, sizeof log, "%s/stderr.log", tmp);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-  pid_t pid;
-  int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  cr_assert_eq(rc, 0, "spawn %s: %s", bin, strerror(rc));
+  pid_t pid = nq_proc_spawn(bin, out_path, log, args);
+  cr_assert_gt(pid, 0, "spawn %s: %s", bin, strerror(errno));
   return pid;
 }
 
-static int wait_exit(pid_t pid) {
-  int st;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
+static int wait_exit(pid_t pid) { return nq_proc_wait(pid); }
 
 static int run(char *out, size_t cap, const char *const *args) {
-  char path[300];
-  snprintf(path, sizeof path, "%s/stdout.txt", tmp);
-  int rc = wait_exit(spawn(path, args));
-  if (out) {
-    FILE *f = fopen(path, "r");
-    size_t k = f ? fread(out, 1, cap - 1, f) : 0;
-    out[k] = 0;
-    if (f) fclose(f);
-    while (k && out[k - 1] == '\n') out[--k] = 0;
-  }
+  int rc = nq_proc_run(bin, tmp, out, cap, args);
+  cr_assert_neq(rc, -1, "could not start %s", bin);
   return rc;
 }
 
