@@ -3,8 +3,7 @@
  *   hifigan     real AudioLDM vocoder shape (64 mels, 1024 ch, rates [5,4,2,2,2], resblocks [3,7,11] x [1,3,5]) with
  *               random weights: seconds and GFLOP/s for NQ_BENCH_AUDIO_S seconds of audio (default 10), real-time
  *               factor = compute seconds / audio seconds.
- * Not here yet: the ZeroScope UNet3D and AudioLDM UNet2D steps (they need a random-weight generator for the diffusers
- * UNet names; the UNet loaders only read checkpoints).
+ * The ZeroScope UNet3D and AudioLDM UNet2D steps are in bench/bench_unet.c.
  * Env: NQ_THREADS (compute threads), NQ_BENCH_AUDIO_S. */
 #include <math.h>
 #include <stdio.h>
@@ -152,6 +151,6 @@ int main(void) {
   snprintf(p, sizeof p, "%s/model.safetensors", dir), unlink(p);
   snprintf(p, sizeof p, "%s/config.json", dir), unlink(p);
   rmdir(dir);
-  printf("  unet3d/unet2d   not measured (no random-weight UNet generator yet)\n");
+  printf("  unet3d/unet2d   see bench_unet\n");
   return 0;
 }

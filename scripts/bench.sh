@@ -3,7 +3,11 @@
 #   1. queue: noop tasks/s end to end through Redis (nextq submit + one `nextq worker` + nextq wait), fetch batch 1
 #      and 100, beside the raw hiredis XADD -> XREADGROUP -> XACK pipelined loop on the same server (ratio).
 #   2. llm: decode/prefill on LLaMA-7B shapes beside a DRAM bandwidth probe and GEMM peaks (bench_llm).
-#   3. any other build/bench/* program.
+#   3. any other build/bench/* program: bench_imagebind (ImageBind-huge vision trunk + media preprocessing, vs torch),
+#      bench_unet (AudioLDM UNet2D / ZeroScope UNet3D steps), bench_llama_tiny (stories260K shapes vs torch), bench_av,
+#      bench_sd. The torch comparisons run when some python3 (python3 on PATH, else /usr/bin/python3, or $NQ_PYTHON)
+#      can `import torch` (Debian: apt-get install python3-torch; deliberately not in deploy/install-deps.sh: ~1 GB),
+#      else they print "torch: not installed".
 # Medians of several runs; machines are noisy, so read the ratios.
 set -uo pipefail
 bin=${NQ_BIN:-build/nextq}

@@ -192,8 +192,27 @@ static void enc_fail_task(nq_task_ctx_t *t, const nq_err_t *e) {
 }
 
 /* Parses task i's media list into items (appended); fails the task on a malformed list. */
+static int enc_collect_list(const enc_state_t *s, nq_task_ctx_t *t, int ti, json_t *media, enc_item_t **items, int *n,
+                            int *cap);
+
+/* A task holds one record ({media: [...]}) or, with the job's batch_size > 1, {records: [{media: [...]}, ...]}. */
 static int enc_collect(const enc_state_t *s, nq_task_ctx_t *t, int ti, enc_item_t **items, int *n, int *cap) {
-  json_t *media = json_object_get(t->env->input, "media");
+  json_t *records = json_object_get(t->env->input, "records");
+  if (!json_is_array(records)) return enc_collect_list(s, t, ti, json_object_get(t->env->input, "media"), items, n, cap);
+  size_t r, total = 0;
+  json_t *rec;
+  json_array_foreach(records, r, rec) total += json_array_size(json_object_get(rec, "media"));
+  if (total > ENC_MAX_ITEMS)
+    return nq_task_fail(t, NQ_ELIMIT, NQ_ERR_FATAL, "encode: %zu media items in one task (max %d)", total, ENC_MAX_ITEMS);
+  json_array_foreach(records, r, rec) {
+    int rc = enc_collect_list(s, t, ti, json_object_get(rec, "media"), items, n, cap);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int enc_collect_list(const enc_state_t *s, nq_task_ctx_t *t, int ti, json_t *media, enc_item_t **items, int *n,
+                            int *cap) {
   if (!json_is_array(media) || json_array_size(media) == 0)
     return nq_task_fail(t, NQ_EFORMAT, NQ_ERR_FATAL, "encode: task input has no \"media\" items");
   if (json_array_size(media) > ENC_MAX_ITEMS)
