@@ -33,6 +33,7 @@
 #define NQ_MEDIA_MAX_AUDIO_SAMPLES (1LL << 28)        /* frames*channels per audio file */
 #define NQ_MEDIA_MAX_AUDIO_SECONDS 3600               /* decoded duration per audio file (frames / rate) */
 #define NQ_MEDIA_MAX_VIDEO_FRAMES  (1LL << 20)        /* frames per video stream (~9.7 h at 30 fps) */
+#define NQ_MEDIA_RESAMPLE_MAX_KERNEL (1LL << 24)     /* resampler kernel coefficients (128 MiB of double) */
 
 /* ImageBind geometry. */
 #define NQ_MEDIA_IMG_SIZE    224

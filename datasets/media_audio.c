@@ -206,13 +206,19 @@ int nq_media_resample(const float *in, int64_t n, int orig_rate, int new_rate, i
   const long g = gcd_l(orig_rate, new_rate);
   const long orig = orig_rate / g, newf = new_rate / g;
   if (orig > 100000 || newf > 100000)
-    return nq_err_set(err, NQ_EUNSUPPORTED, 0, "resample: %d -> %d Hz reduces to %ld/%ld (too many phases)",
+    return nq_err_set(err, NQ_EUNSUPPORTED, NQ_ERR_FATAL, "resample: %d -> %d Hz reduces to %ld/%ld (too many phases)",
                       orig_rate, new_rate, orig, newf);
   const double lpw = 6.0, rolloff = 0.99;
   double base = (double)(orig < newf ? orig : newf);
   base *= rolloff;
   const long width = (long)ceil(lpw * (double)orig / base);
   const long taps = 2 * width + orig;
+  /* The kernel table is newf x taps doubles: a hostile rate (41521 Hz -> 16 kHz: 16000 x 41553) would ask for
+   * gigabytes. Real rates stay far below the cap (44.1 kHz: 160 x 453; 44.056 kHz: 2000 x ~5540). */
+  if ((double)newf * (double)taps > (double)NQ_MEDIA_RESAMPLE_MAX_KERNEL)
+    return nq_err_set(err, NQ_ELIMIT, NQ_ERR_FATAL,
+                      "resample: %d -> %d Hz needs a %ld x %ld kernel, more than the limit of %lld coefficients",
+                      orig_rate, new_rate, newf, taps, (long long)NQ_MEDIA_RESAMPLE_MAX_KERNEL);
   /* Kernel rows only for the phases needed (all of them when the range is long). */
   double *kern = malloc((size_t)newf * taps * sizeof(double));
   if (!kern) return nq_err_set(err, NQ_ENOMEM, 0, "resample: out of memory");

@@ -24,6 +24,7 @@ PKGS=(
   libcurl4-openssl-dev            # API integration tests: real HTTP client (and WebDriver calls to chromedriver)
   chromium chromium-driver        # headless browser test of the demo page (the test SKIPs when absent)
   wrk                             # bench/bench_api.sh: HTTP load generator for POST /v1/generate (loopback only)
+  clang libclang-rt-dev           # make fuzz: libFuzzer + ASan/UBSan targets (tests/fuzz)
 )
 
 missing=()

@@ -95,6 +95,10 @@ int nq_llm_generate_tokens(nq_llm_t *llm, const int32_t *const *prompt_ids, cons
   int max_prompt = 1;
   for (int i = 0; i < n; i++) {
     if (n_prompt[i] < 1) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "llm: prompt %d is empty", i);
+    for (int k = 0; k < n_prompt[i]; k++) /* ids index the embedding table: never trust them */
+      if (prompt_ids[i][k] < 0 || prompt_ids[i][k] >= V)
+        return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "llm: prompt %d token %d: id %d outside the vocabulary of %d", i,
+                          k, (int)prompt_ids[i][k], V);
     if (n_prompt[i] > max_prompt) max_prompt = n_prompt[i];
   }
   int max_ctx = max_prompt + max_new + 1;

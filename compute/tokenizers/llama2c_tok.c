@@ -44,7 +44,7 @@ int nq_sp_load_llama2c(const char *path, int vocab_size, nq_sp_tokenizer_t **out
   }
   free(buf);
   fclose(f);
-  if (rc == 0) rc = nq_sp__build_index(t, err);
+  if (rc == 0 && (rc = nq_sp__build_index(t, err)) < 0) nq_err_prefix(err, "%s", path);
   if (rc < 0) {
     nq_sp_free(t);
     return rc;

@@ -60,6 +60,12 @@ int nq_sp__push(nq_sp_tokenizer_t *t, const char *piece, size_t len, float score
 }
 
 int nq_sp__build_index(nq_sp_tokenizer_t *t, nq_err_t *err) {
+  /* special ids come from the file (trainer_spec) or defaults (0/1/2): they must name pieces, or encode would emit
+   * ids outside the vocabulary (an out-of-bounds embedding row downstream). bos/eos may be -1 (disabled). */
+  if (t->unk < 0 || t->unk >= t->n || t->bos < -1 || t->bos >= t->n || t->eos < -1 || t->eos >= t->n)
+    return nq_err_set(err, NQ_EFORMAT, NQ_ERR_FATAL,
+                      "tokenizer: special ids unk %d / bos %d / eos %d outside the vocabulary of %d pieces", t->unk,
+                      t->bos, t->eos, t->n);
   free(t->hash);
   t->hash_cap = 1;
   while (t->hash_cap < (size_t)t->n * 2 + 16) t->hash_cap <<= 1;
@@ -294,7 +300,7 @@ int nq_sp_load_model(const char *path, nq_sp_tokenizer_t **out, nq_err_t *err) {
   if (rc == 0 && t->n == 0) rc = nq_err_set(err, NQ_EFORMAT, NQ_ERR_FATAL, "%s: no pieces", path);
   if (rc == 0 && model_type != 2)
     rc = nq_err_set(err, NQ_EUNSUPPORTED, NQ_ERR_FATAL, "%s: SentencePiece model type %d (only BPE = 2)", path, model_type);
-  if (rc == 0) rc = nq_sp__build_index(t, err);
+  if (rc == 0 && (rc = nq_sp__build_index(t, err)) < 0) nq_err_prefix(err, "%s", path);
   if (rc < 0) {
     nq_sp_free(t);
     return rc;
@@ -462,7 +468,7 @@ int nq_sp_encode(const nq_sp_tokenizer_t *t, const char *text, size_t len, const
   bool dummy = o.add_dummy_prefix < 0 ? t->add_dummy_prefix : o.add_dummy_prefix != 0;
   nq_sp__ids_t a = {0};
   int rc = 0;
-  if (o.add_bos) rc = nq_sp__ids_push(&a, t->bos);
+  if (o.add_bos && t->bos >= 0) rc = nq_sp__ids_push(&a, t->bos);
   size_t pos = 0;
   bool strip_left = false;
   while (rc == 0 && pos <= len) {
@@ -486,7 +492,7 @@ int nq_sp_encode(const nq_sp_tokenizer_t *t, const char *text, size_t len, const
     pos = best_at + best_len;
     strip_left = true;
   }
-  if (rc == 0 && o.add_eos) rc = nq_sp__ids_push(&a, t->eos);
+  if (rc == 0 && o.add_eos && t->eos >= 0) rc = nq_sp__ids_push(&a, t->eos);
   if (rc < 0) {
     free(a.v);
     return nq_err_set(err, NQ_ENOMEM, 0, "tokenizer: out of memory encoding %zu bytes", len);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <archive.h>
+#include <ftw.h>
 #include <archive_entry.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "datasets/media.h"
 #include "queue/envelope.h"
 #include "queue/queue.h"
+#include "compute/tokenizers/sentencepiece.h"
 #include "store/store.h"
 #include "tests/helpers/redis_harness.h"
 #include "worker/worker.h"
@@ -297,6 +299,8 @@ Test(security, limit_tar_member_size) {
 
 #define STORIES NQ_SHARED_DIR "/models/stories260K/"
 
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) { return remove(p); }
+
 Test(security, limit_prompt_tokens) {
   if (access(STORIES "stories260K.bin", R_OK) != 0) cr_skip_test("no stories260K model");
   const nq_stage_t *stage = nq_stage_find("llm");
@@ -345,4 +349,49 @@ Test(security, limit_prompt_tokens) {
   stage->fini(state);
   json_decref(cfg);
   nq_store_free(st);
+  nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- regressions found by fuzzing (tests/fuzz) ------------------------------------------------------------------- */
+
+/* fuzz_sp_model: a 2-piece model kept the default bos 1 / eos 2, so encode emitted id 2 outside the vocabulary. */
+Test(security, fuzz_sp_special_ids_outside_vocab) {
+  static const char b64[] = "Cg4KBTx1bms+FQAAAQAAAQAAOHwA5QMKDAoD4paBFQAAgL8YCwAAAAAAAAAAAMAYAQoKCgAAGAIKLQxSAAAAAAAAAMIY"
+                            "AQoKCgFlFQAAQMCYARICGAI=";
+  unsigned char buf[128];
+  size_t n = 0;
+  unsigned acc = 0;
+  int bits = 0;
+  for (const char *c = b64; *c && *c != '='; c++) {
+    const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    acc = acc << 6 | (unsigned)(strchr(tab, *c) - tab);
+    if ((bits += 6) >= 8) buf[n++] = (unsigned char)(acc >> (bits -= 8));
+  }
+  char path[] = "/tmp/nq_sec_sp_XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(write(fd, buf, n), (ssize_t)n);
+  close(fd);
+  nq_sp_tokenizer_t *t = NULL;
+  nq_err_t err = {0};
+  cr_assert_eq(nq_sp_load_model(path, &t, &err), NQ_EFORMAT, "%s", err.msg);
+  cr_assert(strstr(err.msg, path) && strstr(err.msg, "eos 2") && strstr(err.msg, "2 pieces"), "%s", err.msg);
+  unlink(path);
+}
+
+/* fuzz_audio: a WAV at 41521 Hz made the 16 kHz resampler allocate a 16000 x 41553 kernel (5.3 GB). */
+Test(security, fuzz_resample_kernel_is_bounded) {
+  float in[64] = {0};
+  double out[256]; /* 8 kHz -> 16 kHz doubles the length */
+  nq_err_t err = {0};
+  int64_t n = nq_media_resample_length(64, 41521, 16000);
+  cr_assert_eq(nq_media_resample(in, 64, 41521, 16000, 0, n, out, &err), NQ_ELIMIT, "%s", err.msg);
+  cr_assert(strstr(err.msg, "41521") && strstr(err.msg, "16777216"), "%s", err.msg);
+  cr_assert(nq_err_is_fatal(&err));
+  /* real rates are unaffected */
+  int rates[] = {44100, 48000, 22050, 11025, 8000, 44056};
+  for (size_t i = 0; i < sizeof rates / sizeof rates[0]; i++) {
+    n = nq_media_resample_length(64, rates[i], 16000);
+    cr_assert_eq(nq_media_resample(in, 64, rates[i], 16000, 0, n, out, &err), 0, "%d Hz: %s", rates[i], err.msg);
+  }
 }
