@@ -19,9 +19,10 @@
  *   - each (group, consumer name) of a handle is one librdkafka consumer, cooperative-sticky, auto commit off;
  *     offsets are committed explicitly only up to the lowest delivery of the partition not yet done (acked,
  *     nacked or dead-lettered): a commit never passes a task whose outputs and result are not written.
- *   - between fetches every assigned partition is paused: the worker's heartbeat (extend_lease) keeps calling poll
- *     so librdkafka's max.poll.interval.ms (= lease_ms) never expires while a long task runs, and the paused
- *     partitions fetch nothing meanwhile. A fetch resumes them (fetching restarts at the last position handed out).
+ *   - a consumer busy with a long task is paused: the worker's heartbeat (extend_lease) pauses every assigned
+ *     partition and keeps calling poll so librdkafka's max.poll.interval.ms (= lease_ms) never expires, and the
+ *     paused partitions fetch nothing meanwhile. The next fetch resumes them (fetching restarts at the last position
+ *     handed out). Fetches do not pause on return: a 2.0 resume waits for the broker thread's ~1 s wakeup.
  *   - a rebalance that revokes a partition with tasks in flight is deferred until they are done (heartbeats keep
  *     flowing; the coordinator waits up to the rebalance timeout, which librdkafka sets to max.poll.interval.ms).
  *   - a consumer that stops polling for lease_ms (hung) leaves the group; one that dies stops heartbeating and is
@@ -172,10 +173,15 @@ typedef struct kpart {
   kfl_t *fl;      /* owned: deliveries not yet committed past, offset order */
   int nfl, capfl;
   int paused, dirty; /* dirty: state changed since the last successful commit */
+  int revoking;      /* revocation deferred (deliveries in flight): paused for good, nothing more is handed out */
   struct kpart *next;
 } kpart_t;
 
-/* A consumer: (group, consumer name) of one handle. Every field is guarded by mu. */
+/* A consumer: (group, consumer name) of one handle. Every field is guarded by mu, which is held only briefly: never
+ * across rd_kafka_consumer_poll. Polls are serialised by pmu (taken before mu, never while holding it); the
+ * callbacks librdkafka runs inside a poll (rebalance, commit results) take mu themselves. Holding mu across a
+ * blocking poll made every ack of every other consumer of the handle wait out that poll (locate() visits all of
+ * them): a few acks a second, so rebalances overran their timeouts and tests their deadlines. */
 typedef struct kc {
   kq_t *q;
   char *group, *name; /* owned */
@@ -188,8 +194,11 @@ typedef struct kc {
   rd_kafka_message_t **buf;       /* owned: messages polled by a heartbeat, handed out by the next fetch */
   int nbuf, capbuf;
   int closing;
-  int in_fetch; /* a fetch is running: its partitions are resumed; outside fetches everything is paused */
+  int64_t commit_hold_until; /* mono ms: async commits wait (a rebalance is in progress), see kc_commit_cb */
+  int in_fetch; /* fetches running: their partitions are resumed; outside fetches everything is paused */
   pthread_mutex_t mu;
+  int hold_ms;         /* longest commit hold: session_ms() */
+  pthread_mutex_t pmu; /* serialises rd_kafka_consumer_poll / consumer_close of rk */
   struct kc *next;
 } kc_t;
 
@@ -573,6 +582,7 @@ static void kc_commit_sync(kc_t *kc, kpart_t *only, int force, int sync);
 static void kc_commit(kc_t *kc, kpart_t *only, int force) { kc_commit_sync(kc, only, force, 0); }
 
 static void kc_commit_sync(kc_t *kc, kpart_t *only, int force, int sync) {
+  if (!sync && kc->commit_hold_until && mono_ms() < kc->commit_hold_until) return; /* dirty: committed later */
   rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
   for (kpart_t *p = kc->parts; p; p = p->next) {
     if ((only && p != only) || (!p->dirty && !force)) continue;
@@ -597,15 +607,24 @@ static void kc_commit_sync(kc_t *kc, kpart_t *only, int force, int sync) {
   rd_kafka_topic_partition_list_destroy(l);
 }
 
-/* Result of an async commit, served inside rd_kafka_consumer_poll (kc->mu held): failed partitions are dirty again. */
+/* Result of an async commit, served inside rd_kafka_consumer_poll (kc->pmu held, kc->mu not): failed partitions are
+ * dirty again. REBALANCE_IN_PROGRESS also holds further async commits until our next rebalance callback (or hold_ms):
+ * librdkafka 2.0 treats an OffsetCommit answered ILLEGAL_GENERATION -- one still in flight when the coordinator
+ * bumps the generation -- as the loss of the whole assignment, so each ack's commit during the join phase of a
+ * rebalance gambled every acked-but-uncommitted task of the member (hundreds of reruns per rebalance). Nothing
+ * commits successfully in that phase anyway; the revocation callback commits synchronously afterwards. */
 static void kc_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l, void *opaque) {
   kc_t *kc = opaque;
-  if (!l) return;
-  for (int i = 0; i < l->cnt; i++) {
+  pthread_mutex_lock(&kc->mu);
+  int rebalancing = e == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS;
+  for (int i = 0; l && i < l->cnt; i++) rebalancing |= l->elems[i].err == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS;
+  if (rebalancing) kc->commit_hold_until = mono_ms() + kc->hold_ms;
+  for (int i = 0; l && i < l->cnt; i++) {
     if (!e && !l->elems[i].err) continue;
     kpart_t *p = part_find(kc, l->elems[i].topic, l->elems[i].partition);
     if (p) p->dirty = 1;
   }
+  pthread_mutex_unlock(&kc->mu);
 }
 
 /* Forget buffered (not yet handed out) messages of a partition: the next owner reads them from the commit. */
@@ -646,6 +665,7 @@ static void kc_unassign(kc_t *kc, rd_kafka_topic_partition_list_t *l, int lost) 
 static void kc_revoke_maybe(kc_t *kc) {
   if (!kc->pending_revoke) return;
   for (int i = 0; i < kc->pending_revoke->cnt; i++) {
+    /* every partition of a pending revocation is revoking until it is unassigned (a loss clears the list) */
     kpart_t *p = part_find(kc, kc->pending_revoke->elems[i].topic, kc->pending_revoke->elems[i].partition);
     if (p && part_pending(p)) return;
   }
@@ -660,7 +680,7 @@ static void kc_revoke_maybe(kc_t *kc) {
 static void kc_pause_all(kc_t *kc, int pause) {
   rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
   for (kpart_t *p = kc->parts; p; p = p->next)
-    if (p->paused != pause) rd_kafka_topic_partition_list_add(l, p->ktopic, p->part)->opaque = p;
+    if (p->paused != pause && !(p->revoking && !pause)) rd_kafka_topic_partition_list_add(l, p->ktopic, p->part)->opaque = p;
   rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
   if (l->cnt) e = pause ? rd_kafka_pause_partitions(kc->rk, l) : rd_kafka_resume_partitions(kc->rk, l);
   for (int i = 0; i < l->cnt; i++)
@@ -669,9 +689,18 @@ static void kc_pause_all(kc_t *kc, int pause) {
   rd_kafka_topic_partition_list_destroy(l);
 }
 
-/* Runs inside rd_kafka_consumer_poll / consumer_close, i.e. with kc->mu held by the polling thread. */
+static void kc_rebalance_locked(kc_t *kc, rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l);
+
+/* Runs inside rd_kafka_consumer_poll / consumer_close, i.e. with kc->pmu held by the polling thread (not kc->mu). */
 static void kc_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l, void *opaque) {
   kc_t *kc = opaque;
+  pthread_mutex_lock(&kc->mu);
+  kc_rebalance_locked(kc, rk, e, l);
+  pthread_mutex_unlock(&kc->mu);
+}
+
+static void kc_rebalance_locked(kc_t *kc, rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l) {
+  kc->commit_hold_until = 0; /* the rebalance reached us: commits carry the new generation */
   int coop = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
   if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     /* the committed offsets and their metadata say what earlier owners delivered */
@@ -715,6 +744,16 @@ static void kc_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_p
   if (lost || kc->closing || !busy || !coop) {
     if (lost && busy) NQ_WARN("kafka", "group %s: partitions lost with tasks in flight: they will run again", kc->group);
     kc_unassign(kc, l, lost);
+    if (lost && kc->pending_revoke) {
+      /* a loss takes the whole assignment, the deferred revocation included: unassigning it later would drop
+       * partitions the group may give back to us meanwhile (owned by us for the coordinator, fetched by nobody) */
+      for (int i = 0; i < kc->pending_revoke->cnt; i++) {
+        kpart_t *p = part_find(kc, kc->pending_revoke->elems[i].topic, kc->pending_revoke->elems[i].partition);
+        if (p) p->revoking = 0;
+      }
+      rd_kafka_topic_partition_list_destroy(kc->pending_revoke);
+      kc->pending_revoke = NULL;
+    }
     return;
   }
   /* tasks in flight: finish them first (heartbeats keep the membership; the coordinator waits) */
@@ -724,10 +763,27 @@ static void kc_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_p
   } else {
     kc->pending_revoke = rd_kafka_topic_partition_list_copy(l);
   }
-  for (int i = 0; i < l->cnt; i++) buf_drop(kc, l->elems[i].topic, l->elems[i].partition);
+  /* Hand out nothing more of these partitions: buffered messages are dropped (librdkafka's position is past them),
+   * so a later delivery would open a gap below it that the commit point would skip -- lost for good. Paused, they
+   * fetch nothing more; the commit stays at or below the first dropped offset and the next owner reads from it. */
+  rd_kafka_topic_partition_list_t *pl = rd_kafka_topic_partition_list_new(l->cnt);
+  for (int i = 0; i < l->cnt; i++) {
+    buf_drop(kc, l->elems[i].topic, l->elems[i].partition);
+    kpart_t *p = part_find(kc, l->elems[i].topic, l->elems[i].partition);
+    if (!p) continue;
+    p->revoking = 1;
+    if (!p->paused) rd_kafka_topic_partition_list_add(pl, p->ktopic, p->part);
+  }
+  if (pl->cnt && !rd_kafka_pause_partitions(rk, pl))
+    for (int i = 0; i < pl->cnt; i++) {
+      kpart_t *p = part_find(kc, pl->elems[i].topic, pl->elems[i].partition);
+      if (p && !pl->elems[i].err) p->paused = 1;
+    }
+  rd_kafka_topic_partition_list_destroy(pl);
 }
 
 static void kc_free(kc_t *kc) {
+  pthread_mutex_lock(&kc->pmu);
   pthread_mutex_lock(&kc->mu);
   kc->closing = 1;
   if (kc->pending_revoke) {
@@ -737,7 +793,9 @@ static void kc_free(kc_t *kc) {
     rd_kafka_topic_partition_list_destroy(l);
   }
   kc_commit_sync(kc, NULL, 1, 1);
+  pthread_mutex_unlock(&kc->mu); /* close serves the last rebalance, whose callback takes mu */
   rd_kafka_consumer_close(kc->rk); /* leaves the group: undone deliveries go to the next owner now */
+  pthread_mutex_lock(&kc->mu);
   for (int i = 0; i < kc->nbuf; i++) rd_kafka_message_destroy(kc->buf[i]);
   free(kc->buf);
   rd_kafka_destroy(kc->rk);
@@ -752,7 +810,9 @@ static void kc_free(kc_t *kc) {
   free(kc->group);
   free(kc->name);
   pthread_mutex_unlock(&kc->mu);
+  pthread_mutex_unlock(&kc->pmu);
   pthread_mutex_destroy(&kc->mu);
+  pthread_mutex_destroy(&kc->pmu);
   free(kc);
 }
 
@@ -819,10 +879,13 @@ static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err)
     return NULL;
   }
   kc->q = q;
+  kc->hold_ms = session_ms(q);
   pthread_mutex_init(&kc->mu, NULL);
+  pthread_mutex_init(&kc->pmu, NULL);
   kc->rk = new_client(q, RD_KAFKA_CONSUMER, group, session_ms(q), kc, kc_rebalance, err);
   if (!kc->rk) {
     pthread_mutex_destroy(&kc->mu);
+    pthread_mutex_destroy(&kc->pmu);
     free(kc->group);
     free(kc->name);
     free(kc);
@@ -842,16 +905,28 @@ static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err)
   return kc;
 }
 
-/* Polls once (timeout_ms) and buffers a message; serves rebalances. Caller holds kc->mu. */
+static void kc_buffer(kc_t *kc, rd_kafka_message_t *m);
+
+/* Polls once (timeout_ms) and buffers a message; serves rebalances. Caller holds neither kc->mu nor kc->pmu. */
 static void kc_poll(kc_t *kc, int timeout_ms) {
+  pthread_mutex_lock(&kc->pmu);
   rd_kafka_message_t *m = rd_kafka_consumer_poll(kc->rk, timeout_ms);
-  if (!m) return;
-  if (m->err) {
+  if (m && m->err) {
     if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF && m->err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
       NQ_WARN("kafka", "group %s consumer %s: %s", kc->group, kc->name, rd_kafka_message_errstr(m));
     rd_kafka_message_destroy(m);
-    return;
+    m = NULL;
   }
+  if (m) {
+    pthread_mutex_lock(&kc->mu);
+    kc_buffer(kc, m);
+    pthread_mutex_unlock(&kc->mu);
+  }
+  pthread_mutex_unlock(&kc->pmu);
+}
+
+/* Appends a polled message to kc->buf. Caller holds kc->pmu and kc->mu. */
+static void kc_buffer(kc_t *kc, rd_kafka_message_t *m) {
   if (kc->nbuf == kc->capbuf) {
     int cap = kc->capbuf ? kc->capbuf * 2 : 16;
     rd_kafka_message_t **nb = realloc(kc->buf, (size_t)cap * sizeof *nb);
@@ -873,7 +948,7 @@ static int kc_take(kc_t *kc, nq_delivery_t *d, int *n, int max_n, kpart_t **touc
     rd_kafka_message_t *m = kc->buf[used];
     const char *kt = rd_kafka_topic_name(m->rkt);
     kpart_t *p = part_find(kc, kt, m->partition);
-    if (!p) { /* not ours any more (revoked meanwhile) */
+    if (!p || p->revoking) { /* not ours any more (revoked meanwhile), or being revoked: see kc_rebalance */
       rd_kafka_message_destroy(m);
       continue;
     }
@@ -1097,7 +1172,7 @@ static int k_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const
   int64_t t0 = mono_ms();
   pthread_mutex_lock(&kc->mu);
   rc = kc_subscribe(kc, topics, ntopics, err);
-  kc->in_fetch = 1;
+  kc->in_fetch++;
   kc_pause_all(kc, 0);
   pthread_mutex_unlock(&kc->mu);
   while (!rc) {
@@ -1111,19 +1186,27 @@ static int k_fetch(nq_queue_t *qq, const char *const *topics, int ntopics, const
     }
     pthread_mutex_lock(&kc->mu);
     kc_revoke_maybe(kc);
-    if (kc->nbuf == 0) kc_poll(kc, slice);
+    int empty = kc->nbuf == 0;
+    pthread_mutex_unlock(&kc->mu);
+    if (empty) kc_poll(kc, slice);
+    pthread_mutex_lock(&kc->mu);
     while (kc->nbuf > 0 && n < max_n && !rc) {
       rc = kc_take(kc, d, &n, max_n, touched, &nt, err);
       /* fill the batch with what arrives right behind (a fetch response holds one message set per partition) */
-      if (n < max_n && !rc) kc_poll(kc, KQ_LINGER_MS);
+      if (n < max_n && !rc) {
+        pthread_mutex_unlock(&kc->mu);
+        kc_poll(kc, KQ_LINGER_MS);
+        pthread_mutex_lock(&kc->mu);
+      }
     }
     pthread_mutex_unlock(&kc->mu);
     if (rc || n > 0 || mono_ms() - t0 >= block_ms) break;
   }
   pthread_mutex_lock(&kc->mu);
-  /* pause: the heartbeat's polls keep us in the group without fetching more; record the delivery (metadata F) */
-  kc->in_fetch = 0;
-  kc_pause_all(kc, 1);
+  /* Not paused here: in librdkafka 2.0 a resume does not wake the broker thread, so fetching restarts only at its
+   * next periodic wakeup (~1 s) -- pausing after every fetch capped a consumer at one batch a second. A consumer
+   * busy long enough to heartbeat is paused by extend_lease instead. Record the delivery (metadata F). */
+  kc->in_fetch--;
   if (nt) kc_commit(kc, NULL, 0);
   pthread_mutex_unlock(&kc->mu);
   if (rc) {
@@ -1270,7 +1353,10 @@ static int k_extend_lease(nq_queue_t *qq, const char *group, const char *consume
   kc_t *own = kc_find(q, group, consumer);
   if (own) kc = own;
   pthread_mutex_lock(&kc->mu);
+  if (!kc->in_fetch) kc_pause_all(kc, 1); /* a long task: fetch nothing until the next fetch */
+  pthread_mutex_unlock(&kc->mu);
   kc_poll(kc, 0); /* max.poll.interval.ms restarts; rebalances are served; messages of other partitions are buffered */
+  pthread_mutex_lock(&kc->mu);
   kc_commit(kc, NULL, 0);
   kc_revoke_maybe(kc);
   pthread_mutex_unlock(&kc->mu);

@@ -624,22 +624,32 @@ typedef struct {
   int id;
   int *seen;
   pthread_mutex_t *mu;
-  int *total, *uniq;
+  int *total, *uniq, *mine;
 } worker_arg_t;
 
+static void ack_all(nq_queue_t *q, nq_delivery_t *d, int n) {
+  for (int i = 0; i < n; i++) nq_queue_ack(q, "g", &d[i], NULL);
+  nq_delivery_free_array(d, n);
+}
+
+/* A consumer that works 10 ms per message and acks a batch only after it has fetched the next one: whenever a
+ * rebalance is served (inside a fetch) it holds deliveries in flight, so revocations are deferred until their
+ * tasks are done -- the path where a partition must hand out nothing more while it waits. */
 static void *worker(void *p) {
   worker_arg_t *a = p;
   char cons[32];
   snprintf(cons, sizeof cons, "w%d", a->id);
   const char *topics[] = {"t"};
   long long t0 = mono_ms();
+  nq_delivery_t *prev = NULL;
+  int nprev = 0;
   /* every consumer keeps polling until all messages are in: one that stopped early would keep its partitions
    * (a member that does not poll) until max.poll.interval.ms */
   for (;;) {
     pthread_mutex_lock(a->mu);
     int all = *a->uniq >= 1000;
     pthread_mutex_unlock(a->mu);
-    if (all || mono_ms() - t0 > 90000) break;
+    if (all || mono_ms() - t0 > 60000) break;
     nq_delivery_t *d = NULL;
     int n = 0;
     if (nq_queue_fetch(a->q, topics, 1, "g", cons, 7, 100, &d, &n, NULL) != 0) break;
@@ -648,45 +658,93 @@ static void *worker(void *p) {
       pthread_mutex_lock(a->mu);
       if (k >= 0 && k < 1000 && a->seen[k]++ == 0) (*a->uniq)++;
       (*a->total)++;
+      (*a->mine)++;
       pthread_mutex_unlock(a->mu);
-      nq_queue_ack(a->q, "g", &d[i], NULL);
     }
-    nq_delivery_free_array(d, n);
+    if (n) sleep_ms(10 * n);
+    ack_all(a->q, prev, nprev);
+    prev = d;
+    nprev = n;
   }
+  ack_all(a->q, prev, nprev);
   return NULL;
 }
 
-/* Four consumers of one group join one after another (rebalances while messages flow). Nothing is lost. A clean
- * revocation commits what is done and never happens with a delivery in flight, so it duplicates nothing; but a
- * member that misses its session or poll deadline (a loaded machine: tests run in parallel) loses its partitions
- * without a commit, and its acked-but-uncommitted messages run again -- Kafka's at-least-once. We allow a few. */
-KTEST(threads_no_loss_across_rebalances, 150) {
+/* Four consumers of one group join one after another while messages flow (each join is a cooperative rebalance
+ * that moves partitions away from busy members). Nothing is lost. A clean revocation commits what is done and
+ * waits for the deliveries in flight, so it duplicates nothing; but a member can lose its assignment without a
+ * commit, and its acked-but-uncommitted messages run again -- Kafka's at-least-once: when it misses its session or
+ * poll deadline (a loaded machine), or when an offset commit was queued behind its JoinGroup on the coordinator
+ * connection (the mock holds a JoinGroup ~session.timeout.ms - 1 s; the commit then meets the new generation,
+ * ILLEGAL_GENERATION, and librdkafka 2.0 declares the whole assignment lost). The second can rerun a few hundred
+ * messages, so duplicates are bounded per message, not in total. */
+KTEST(threads_no_loss_across_rebalances, 120) {
   topic("nq.t", 4);
-  nq_queue_t *q = qopen(6000);
-  char b[16];
+  /* The mock holds every rebalance for session.timeout.ms - 1 s (it cannot tell that all members have rejoined), and
+   * a cooperative hand-over takes two: a 4 s session (above the mock's 3 s initial join delay) keeps that short;
+   * frequent heartbeats tell members of a rebalance sooner. */
+  const char *kv[] = {"session.timeout.ms", "4000", "heartbeat.interval.ms", "300", NULL};
+  nq_queue_t *q = qopen_kv(6000, kv);
+  const char *bodies[1000];
+  size_t lens[1000];
+  static char b[1000][8];
   for (int i = 0; i < 1000; i++) {
-    snprintf(b, sizeof b, "%d", i);
-    pub(q, "t", b);
+    lens[i] = (size_t)snprintf(b[i], sizeof b[i], "%d", i);
+    bodies[i] = b[i];
   }
+  nq_err_t e = {0};
+  cr_assert_eq(nq_queue_publish_batch(q, "t", bodies, lens, 1000, &e), 0, "publish: %s", e.msg);
   static int seen[1000];
-  int total = 0, uniq = 0;
+  memset(seen, 0, sizeof seen);
+  int total = 0, uniq = 0, mine[4] = {0};
   pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
   pthread_t th[4];
   worker_arg_t a[4];
+  /* the next consumer joins once the group has made progress: every join lands mid-stream, however slow the machine */
+  static const int join_at[4] = {0, 20, 100, 250};
+  long long t0 = mono_ms();
   for (int i = 0; i < 4; i++) {
-    a[i] = (worker_arg_t){.q = q, .id = i, .seen = seen, .mu = &mu, .total = &total, .uniq = &uniq};
+    for (;;) {
+      pthread_mutex_lock(&mu);
+      int u = uniq;
+      pthread_mutex_unlock(&mu);
+      if (u >= join_at[i] || mono_ms() - t0 > 60000) break;
+      sleep_ms(10);
+    }
+    a[i] = (worker_arg_t){.q = q, .id = i, .seen = seen, .mu = &mu, .total = &total, .uniq = &uniq, .mine = &mine[i]};
     cr_assert_eq(pthread_create(&th[i], NULL, worker, &a[i]), 0);
-    sleep_ms(300);
   }
   for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  /* Drain: after a lost assignment, acked-but-uncommitted messages come again (depth > 0 until they do); fetch them
+   * through every member until a full second brings nothing. */
+  const char *topics[] = {"t"};
+  for (long long quiet = mono_ms(); mono_ms() - quiet < 1000 && mono_ms() - t0 < 90000;) {
+    for (int c = 0; c < 4; c++) {
+      char cons[8];
+      snprintf(cons, sizeof cons, "w%d", c);
+      nq_delivery_t *d = NULL;
+      int n = 0;
+      cr_assert_eq(nq_queue_fetch(q, topics, 1, "g", cons, 50, 50, &d, &n, &e), 0, "%s", e.msg);
+      for (int i = 0; i < n; i++) {
+        int k = atoi(d[i].body);
+        if (k >= 0 && k < 1000) seen[k]++;
+        total++;
+      }
+      if (n) quiet = mono_ms();
+      ack_all(q, d, n);
+    }
+  }
   int dup = 0;
   for (int i = 0; i < 1000; i++) {
-    cr_assert(seen[i] >= 1, "message %d lost", i);
+    cr_assert(seen[i] >= 1, "message %d lost (%d of 1000 seen)", i, uniq);
+    cr_assert(seen[i] <= 3, "message %d delivered %d times", i, seen[i]);
     dup += seen[i] - 1;
   }
   cr_assert_eq(total, 1000 + dup);
-  cr_assert(dup <= 50, "%d duplicate deliveries", dup);
-  if (dup) fprintf(stderr, "threads_no_loss_across_rebalances: %d duplicates (lost partitions)\n", dup);
+  cr_assert(mine[0] > 0 && mine[0] < 1000, "consumers got %d %d %d %d: no rebalance happened", mine[0], mine[1],
+            mine[2], mine[3]);
+  fprintf(stderr, "threads_no_loss_across_rebalances: per consumer %d %d %d %d, %d duplicates, %lld ms\n", mine[0],
+          mine[1], mine[2], mine[3], dup, mono_ms() - t0);
   nq_queue_stats_t st = stats(q, "t", "g");
   cr_assert_eq(st.in_flight, 0);
   cr_assert_eq(st.depth, 0);
