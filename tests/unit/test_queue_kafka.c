@@ -794,7 +794,20 @@ KTEST(broker_faults, 90) {
   nq_kafka_broker_fail_requests(&T.b, NQ_KAFKA_API_PRODUCE, 2, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS);
   pub(q, "t", "after-errors");
   nq_delivery_t *d;
-  cr_assert_eq(fetch_until(q, "t", "g", "c", 2, 20000, &d), 2);
+  /* the warm-up's commit may not have reached the broker before it went down: at-least-once then delivers it again
+   * first. Such a redelivery is acked and skipped; anything else must be the two new messages, in order. */
+  for (long long t1 = mono_ms();;) {
+    cr_assert_lt(mono_ms() - t1, 20000, "no delivery after the broker came back");
+    cr_assert_eq(fetch_until(q, "t", "g", "c", 1, 20000, &d), 1);
+    if (strcmp(d[0].body, "warm-up") != 0) break;
+    ack(q, "g", &d[0]);
+    nq_delivery_free_array(d, 1);
+  }
+  nq_delivery_t *d2;
+  cr_assert_eq(fetch_until(q, "t", "g", "c", 1, 20000, &d2), 1);
+  d = realloc(d, 2 * sizeof *d);
+  d[1] = d2[0];
+  free(d2);
   cr_assert_str_eq(d[0].body, "after-up");
   cr_assert_str_eq(d[1].body, "after-errors");
   nq_kafka_broker_fail_requests(&T.b, NQ_KAFKA_API_OFFSET_COMMIT, 1, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT);
