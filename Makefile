@@ -106,7 +106,7 @@ bench: all $(BENCH_BIN)
 	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_SHARED=$(SHARED) scripts/bench.sh $(BENCH_BIN)
 
 sanitize:
-	$(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) $(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-pthread -fsanitize=address,undefined" unit
 
 clean:
