@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/helpers/outputs.h"
 #include "tests/helpers/proc.h"
 #include "tests/helpers/redis_harness.h"
 
@@ -76,55 +77,10 @@ static long long counts(const char *job, const char *field) {
 
 /* Checks a finished job's outputs; returns the number of tasks verified ok. */
 static int verify(const char *job, int expect, const char *outname) {
-  char p[600];
-  snprintf(p, sizeof p, "%s/out/%s/_manifest.jsonl", tmp, job);
-  FILE *f = fopen(p, "r");
-  cr_assert(f, "no manifest %s", p);
-  json_t *seen = json_object();
-  char line[16384];
-  int ok = 0, rows = 0;
-  while (fgets(line, sizeof line, f)) {
-    json_t *o = json_loads(line, 0, NULL);
-    cr_assert(o);
-    rows++;
-    const char *task = json_string_value(json_object_get(o, "task"));
-    cr_assert_null(json_object_get(seen, task), "task %s twice in the manifest", task);
-    json_object_set_new(seen, task, json_true());
-    if (strcmp(json_string_value(json_object_get(o, "status")), "ok") == 0) ok++;
-    json_t *out0 = json_array_get(json_object_get(o, "outputs"), 0);
-    const char *uri = json_string_value(json_object_get(out0, "uri"));
-    struct stat st;
-    cr_assert(uri && stat(uri + 7, &st) == 0, "output of %s missing", task);
-    cr_assert_eq((long long)st.st_size, json_integer_value(json_object_get(out0, "bytes")), "output of %s partial", task);
-    json_decref(o);
-  }
-  fclose(f);
-  json_decref(seen);
-  cr_assert_eq(rows, expect, "manifest rows %d, expected %d", rows, expect);
-  /* each task dir: exactly the one output, no leftovers */
-  snprintf(p, sizeof p, "%s/out/%s", tmp, job);
-  DIR *d = opendir(p);
-  struct dirent *e;
-  int dirs = 0;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.' || e->d_name[0] == '_') continue;
-    char q[900];
-    snprintf(q, sizeof q, "%s/%s", p, e->d_name);
-    DIR *t = opendir(q);
-    cr_assert(t);
-    struct dirent *g;
-    int files = 0;
-    while ((g = readdir(t))) {
-      if (!strcmp(g->d_name, ".") || !strcmp(g->d_name, "..")) continue;
-      cr_assert_str_eq(g->d_name, outname, "stray file %s/%s (partial or duplicate output)", q, g->d_name);
-      files++;
-    }
-    closedir(t);
-    cr_assert_eq(files, 1);
-    dirs++;
-  }
-  closedir(d);
-  cr_assert_eq(dirs, expect);
+  char dir[600], why[1024] = "";
+  snprintf(dir, sizeof dir, "%s/out/%s", tmp, job);
+  int ok = nq_check_job_outputs(dir, expect, outname, why, sizeof why);
+  cr_assert_geq(ok, 0, "%s", why);
   return ok;
 }
 
