@@ -1,7 +1,9 @@
-/* The OpenBLAS backend: linear only. F32 weights: sgemv for M = 1 (sgemm with M = 1 is ~3.5x
- * slower), sgemm otherwise. BF16/F16 weights (prefill): blocks of weight rows are widened to F32
- * into a scratch buffer on the pool, then sgemm — the O(N K) conversion is amortised over M rows,
- * so it only prefers those for M >= NQ_BLAS_MIN_BATCH_CVT. */
+/* The OpenBLAS backend: linear and convolutions. F32 weights: sgemv for M = 1 (sgemm with M = 1 is ~3.5x
+ * slower), sgemm otherwise. BF16/F16 weights: blocks of weight rows are widened to F32 into a scratch buffer on
+ * the pool, then sgemm. It does not prefer BF16/F16 linears nor conv2d: the cpu backend's nq_gemm reads BF16/F16
+ * operands directly and packs conv2d columns straight from the input (measured with bench/bench_gemm, 2 threads:
+ * 7B prefill linears M=128 BF16 159-168 GFLOP/s vs 98-141 here; conv 320->320 3x3 64x64 BF16 174 vs 142), and
+ * leaving OpenBLAS idle keeps its threads from spinning (sched_yield) while the pool runs. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,8 +13,6 @@
 #include <cblas.h>
 
 #define NQ_BLAS_MIN_BATCH 16
-/* widened BF16/F16 weights cost an extra pass over 2x the bytes: only worth it for big M */
-#define NQ_BLAS_MIN_BATCH_CVT 64
 
 static bool nq_blas__supports(const nq_backend_t *be, const nq_op_desc_t *op) {
   return (op->op == NQ_OP_LINEAR || op->op == NQ_OP_CONV2D || op->op == NQ_OP_CONV_TRANSPOSE1D) &&
@@ -20,11 +20,12 @@ static bool nq_blas__supports(const nq_backend_t *be, const nq_op_desc_t *op) {
 }
 
 static bool nq_blas__prefers(const nq_backend_t *be, const nq_op_desc_t *op) {
+  if (op->op == NQ_OP_CONV2D) return false;
   if (op->op != NQ_OP_LINEAR) return true;
   int64_t M, len, st;
   if (!nq_tensor_rows(op->src[0], &M, &len, &st)) return false;
   if (op->lin->w.dtype == NQ_DT_F32) return M == 1 || M >= NQ_BLAS_MIN_BATCH;
-  return M >= NQ_BLAS_MIN_BATCH_CVT;
+  return false;
 }
 
 typedef struct {
