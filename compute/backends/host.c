@@ -27,6 +27,7 @@ typedef struct {
   nq_core__rows_t x, y, b;
   float *scratch; /* attention: per thread */
   int64_t scratch_per;
+  bool fast;      /* the cpu backend (a pool): vectorised softmax / attention kernels; ref keeps the scalar ones */
 } nq_host__job_t;
 
 static void nq_host__rows_cb(void *ctx, int64_t r0, int64_t r1, int tid) {
@@ -45,7 +46,10 @@ static void nq_host__rows_cb(void *ctx, int64_t r0, int64_t r1, int tid) {
         nq_core__layernorm_row(y, x, op->src[1] ? op->src[1]->data : NULL, op->src[2] ? op->src[2]->data : NULL,
                                j->x.len, op->f[0]);
         break;
-      case NQ_OP_SOFTMAX: nq_core__softmax_row(y, x, j->x.len, op->f[0]); break;
+      case NQ_OP_SOFTMAX:
+        if (j->fast) nq_core__softmax_row_fast(y, x, j->x.len, op->f[0]);
+        else nq_core__softmax_row(y, x, j->x.len, op->f[0]);
+        break;
       case NQ_OP_ROPE: {
         float cs[1024];
         int64_t pos = ((const int32_t *)op->src[1]->data)[r];
@@ -88,7 +92,8 @@ static void nq_host__attn_cb(void *ctx, int64_t i0, int64_t i1, int tid) {
     const float *kc = (const float *)op->src[1]->data + kvh * hd;
     const float *vc = (const float *)op->src[2]->data + kvh * hd;
     float *out = (float *)op->dst->data + t * j->y.stride + h * hd;
-    nq_core__attn_head(out, q, kc, vc, k.stride, n_keys, (int)hd, op->f[0], scores);
+    if (j->fast) nq_core__attn_head_fast(out, q, kc, vc, k.stride, n_keys, (int)hd, op->f[0], scores);
+    else nq_core__attn_head(out, q, kc, vc, k.stride, n_keys, (int)hd, op->f[0], scores);
   }
 }
 
@@ -135,7 +140,7 @@ static int nq_host__vision(const nq_op_desc_t *op, nq_pool_t *pool, nq_err_t *er
 }
 
 int nq_backends__host_run(const nq_op_desc_t *op, nq_pool_t *pool, nq_err_t *err) {
-  nq_host__job_t j = {.op = op};
+  nq_host__job_t j = {.op = op, .fast = pool != NULL};
   if (op->op >= NQ_OP_CONV2D) return nq_host__vision(op, pool, err);
   j.y = nq_core__rows_of(op->dst);
   if (op->op == NQ_OP_EMBED) {

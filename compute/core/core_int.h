@@ -19,6 +19,10 @@ void nq_core__row_to_f32(float *y, const void *table, nq_dtype_t dt, int64_t id,
 /* One (query row, head) of attention. scores: scratch of >= n_keys floats. */
 void nq_core__attn_head(float *out, const float *q, const float *k, const float *v, int64_t kv_stride,
                         int64_t n_keys, int head_dim, float scale, float *scores);
+/* AVX2 versions (kernels_fast.c) the cpu backend runs: same results to ~1e-6 relative (vector exp, 8-lane sums). */
+void nq_core__softmax_row_fast(float *y, const float *x, int64_t n, float scale);
+void nq_core__attn_head_fast(float *out, const float *q, const float *k, const float *v, int64_t kv_stride,
+                             int64_t n_keys, int head_dim, float scale, float *scores);
 
 /* ---- vision ops (compute/core/conv.c) ---- */
 typedef struct nq_core__conv {

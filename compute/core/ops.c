@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "compute/core/core_int.h"
 
@@ -216,6 +217,12 @@ int nq_op_check(const nq_op_desc_t *op, nq_err_t *err) {
 
 /* ---- exec ---- */
 
+static double nq_exec__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 nq_exec_t *nq_exec_new(const char *spec, nq_pool_t *pool, nq_err_t *err) {
   nq_exec_t *ex = calloc(1, sizeof(*ex));
   if (!ex) {
@@ -225,6 +232,9 @@ nq_exec_t *nq_exec_new(const char *spec, nq_pool_t *pool, nq_err_t *err) {
   ex->pool = pool ? pool : nq_pool_default();
   const char *tr = getenv("NQ_EXEC_TRACE");
   ex->trace = tr && *tr && *tr != '0';
+  const char *pr = getenv("NQ_EXEC_PROFILE");
+  ex->profile = pr && *pr && *pr != '0';
+  ex->prof_t0 = nq_exec__now();
   if (!spec || !*spec) spec = "auto";
   char buf[128];
   snprintf(buf, sizeof buf, "%s", strcmp(spec, "auto") == 0 ? "openblas?,onednn?,cpu" : spec);
@@ -258,6 +268,19 @@ nq_exec_t *nq_exec_new(const char *spec, nq_pool_t *pool, nq_err_t *err) {
 
 void nq_exec_free(nq_exec_t *ex) {
   if (!ex) return;
+  if (ex->profile) {
+    double total = nq_exec__now() - ex->prof_t0, in_ops = 0;
+    fprintf(stderr, "nq_exec profile (%.3f s since the executor was made):\n", total);
+    for (int o = 0; o < NQ_OP_COUNT; o++)
+      for (int b = 0; b < ex->n_be; b++)
+        if (ex->prof_n[o][b]) {
+          in_ops += ex->prof_s[o][b];
+          fprintf(stderr, "  %-18s %-9s %9lld calls %10.3f s %5.1f%%\n", nq_op_name((nq_op_t)o), ex->be[b]->iface->name,
+                  ex->prof_n[o][b], ex->prof_s[o][b], total > 0 ? 100.0 * ex->prof_s[o][b] / total : 0.0);
+        }
+    fprintf(stderr, "  %-18s %-9s %9s       %10.3f s %5.1f%%\n", "(outside ops)", "", "", total - in_ops,
+            total > 0 ? 100.0 * (total - in_ops) / total : 0.0);
+  }
   for (int i = 0; i < ex->n_be; i++) nq_backend_free(ex->be[i]);
   free(ex);
 }
@@ -279,7 +302,13 @@ int nq_exec_run(nq_exec_t *ex, const nq_op_desc_t *op, nq_err_t *err) {
   nq_backend_t *be = nq_exec_pick(ex, op);
   if (!be) return nq_err_set(err, NQ_EUNSUPPORTED, 0, "%s: no backend supports this op", nq_op_name(op->op));
   if (ex->trace) fprintf(stderr, "nq_exec: %s -> %s\n", nq_op_name(op->op), be->iface->name);
-  return be->iface->compute(be, op, err);
+  if (!ex->profile) return be->iface->compute(be, op, err);
+  double t0 = nq_exec__now();
+  rc = be->iface->compute(be, op, err);
+  int bi = 0;
+  while (bi < ex->n_be && ex->be[bi] != be) bi++;
+  if (bi < ex->n_be) ex->prof_s[op->op][bi] += nq_exec__now() - t0, ex->prof_n[op->op][bi]++;
+  return rc;
 }
 
 /* ---- linear ---- */

@@ -21,6 +21,10 @@ typedef struct nq_exec {
   int n_be;
   nq_pool_t *pool;                        /* borrowed (default pool unless given) */
   int trace;                              /* NQ_EXEC_TRACE env: print backend choices to stderr */
+  int profile;                            /* NQ_EXEC_PROFILE env: time per (op, backend), printed by nq_exec_free */
+  double prof_s[NQ_OP_COUNT][NQ_EXEC_MAX_BACKENDS];
+  long long prof_n[NQ_OP_COUNT][NQ_EXEC_MAX_BACKENDS];
+  double prof_t0;                         /* monotonic seconds at nq_exec_new */
 } nq_exec_t;
 
 /* spec: "auto" (every built backend: openblas,onednn,cpu,ref; OpenBLAS sgemm measured 2x oneDNN f32 on AVX2) or a comma list ("cpu", "openblas,ref");

@@ -228,3 +228,39 @@ Test(compute_ops, reference_closed_forms) {
   cr_expect_eq(nq_op_rmsnorm(ex, &bad, &x, NULL, 1e-5f, &err), NQ_ESHAPE);
   nq_exec_free(ex);
 }
+
+/* The cpu backend's vectorised softmax (kernels_fast.c: polynomial exp, 8-lane sums) against double precision on
+ * long rows spanning the whole exp range, masked (-inf) entries and row lengths around the vector width. */
+Test(compute_ops, fast_softmax_vs_double) {
+  nq_err_t err = {0};
+  nq_exec_t *ex = nq_exec_new("cpu", NULL, &err);
+  cr_assert(ex, "%s", err.msg);
+  const int lens[] = {1, 7, 8, 15, 16, 17, 33, 300, 4096, 5003};
+  for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+    int n = lens[li];
+    for (int trial = 0; trial < 3; trial++) {
+      float spread = trial == 0 ? 1.0f : trial == 1 ? 30.0f : 200.0f, scale = 0.9f;
+      nq_tensor_t x, y;
+      nq_tensor_init(&x, NQ_DT_F32, 2, NQ_SHAPE(2, n), &err);
+      nq_tensor_init(&y, NQ_DT_F32, 2, NQ_SHAPE(2, n), &err);
+      float *xv = x.data, *yv = y.data;
+      for (int i = 0; i < 2 * n; i++) xv[i] = spread * (2.0f * (float)rand() / (float)RAND_MAX - 1.0f);
+      for (int i = 3; i < n; i += 5) xv[n + i] = -INFINITY; /* row 1: a mask */
+      cr_assert_eq(nq_op_softmax(ex, &y, &x, scale, &err), 0, "%s", err.msg);
+      for (int r = 0; r < 2; r++) {
+        double mx = -INFINITY, sum = 0;
+        for (int i = 0; i < n; i++) mx = fmax(mx, (double)xv[r * n + i] * scale);
+        for (int i = 0; i < n; i++) sum += exp((double)xv[r * n + i] * scale - mx);
+        for (int i = 0; i < n; i++) {
+          double xs = (double)xv[r * n + i] * scale, want = exp(xs - mx) / sum, got = yv[r * n + i];
+          /* float rounding of the argument x * scale - max alone costs ~6e-8 * (|x s| + |max| + |arg|) relative */
+          double tol = isinf(xs) ? 0 : 2e-6 + 1e-7 * (fabs(xs) + fabs(mx) + fabs(xs - mx));
+          cr_expect_leq(fabs(got - want), tol * want + 1e-37, "n %d spread %g row %d [%d]: %.9g want %.9g", n,
+                        (double)spread, r, i, got, want);
+        }
+      }
+      nq_tensor_deinit(&x), nq_tensor_deinit(&y);
+    }
+  }
+  nq_exec_free(ex);
+}
