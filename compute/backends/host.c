@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "compute/backends/backends_int.h"
+#include "compute/backends/gemm.h"
 
 nq_backend_t *nq_backends__alloc(const nq_backend_i *iface, void *ctx, nq_pool_t *pool, nq_err_t *err) {
   nq_backend_t *be = calloc(1, sizeof(*be));
@@ -97,6 +98,68 @@ static void nq_host__attn_cb(void *ctx, int64_t i0, int64_t i1, int tid) {
   }
 }
 
+/* ---- attention over many query rows: per head, scores = Q K^T and out = P V as two packed GEMMs on strided views of
+ * q / the caches (no copies), in query chunks whose score block stays in L3; the row softmax (causal limits
+ * applied, masked keys exactly 0) runs over the pool in between. The per-(row, head) loop above streams every key
+ * once per query row; here each K/V panel is packed once per chunk of rows. */
+#define NQ_HOST_ATTN_GEMM_MIN_ROWS 32
+#define NQ_HOST_ATTN_SCORES ((int64_t)1 << 20) /* floats (4 MiB, L3): 256 rows of 4096 keys; best measured of 64K..4M */
+
+typedef struct {
+  float *sc;
+  int64_t ldsc, n_keys, pos0, t0;
+  int causal;
+  float scale;
+} nq_host__attn_sm_t;
+
+static void nq_host__attn_sm_cb(void *ctx, int64_t r0, int64_t r1, int tid) {
+  const nq_host__attn_sm_t *a = ctx;
+  for (int64_t r = r0; r < r1; r++) {
+    float *row = a->sc + r * a->ldsc;
+    int64_t n = a->causal ? a->pos0 + a->t0 + r + 1 : a->n_keys;
+    if (n > a->n_keys) n = a->n_keys;
+    nq_core__softmax_row_fast(row, row, n, a->scale);
+    for (int64_t j = n; j < a->n_keys; j++) row[j] = 0.0f;
+  }
+}
+
+static int nq_host__attn_gemm(const nq_op_desc_t *op, nq_pool_t *pool, nq_err_t *err) {
+  const nq_core__rows_t x = nq_core__rows_of(op->src[0]), y = nq_core__rows_of(op->dst);
+  const nq_core__rows_t k = nq_core__rows_of(op->src[1]), v = nq_core__rows_of(op->src[2]);
+  const int64_t H = op->i[0], KV = op->i[1], pos0 = op->i[2], hd = x.len / H, group = H / KV, T = x.n;
+  const int causal = (int)op->i[3];
+  int64_t Tc = NQ_HOST_ATTN_SCORES / (k.n > 0 ? k.n : 1);
+  if (Tc < NQ_HOST_ATTN_GEMM_MIN_ROWS) Tc = NQ_HOST_ATTN_GEMM_MIN_ROWS;
+  if (Tc > T) Tc = T;
+  float *sc = malloc(sizeof(float) * (size_t)(Tc * (k.n > 0 ? k.n : 1)));
+  if (!sc) return nq_err_set(err, NQ_ENOMEM, 0, "attention: %lld x %lld score block", (long long)Tc, (long long)k.n);
+  const float *Q = op->src[0]->data, *Kc = op->src[1]->data, *Vc = op->src[2]->data;
+  float *O = op->dst->data;
+  int rc = 0;
+  for (int64_t h = 0; h < H && !rc; h++) {
+    const int64_t kvh = h / group;
+    for (int64_t t0 = 0; t0 < T && !rc; t0 += Tc) {
+      const int64_t tn = T - t0 < Tc ? T - t0 : Tc;
+      int64_t nk = causal ? pos0 + t0 + tn : k.n; /* keys any row of the chunk sees */
+      if (nk > k.n) nk = k.n;
+      nq_gemm_args_t qk = {.M = tn, .N = nk, .K = hd,
+                           .a = {Q + t0 * x.stride + h * hd, NQ_DT_F32, x.stride, 1},
+                           .b = {Kc + kvh * hd, NQ_DT_F32, 1, k.stride},
+                           .c = sc, .ldc = nk};
+      if ((rc = nq_gemm(pool, &qk, err))) break;
+      nq_host__attn_sm_t sm = {sc, nk, nk, pos0, t0, causal, op->f[0]};
+      nq_pool_for(pool, tn, 1, nq_host__attn_sm_cb, &sm);
+      nq_gemm_args_t pv = {.M = tn, .N = hd, .K = nk,
+                           .a = {sc, NQ_DT_F32, nk, 1},
+                           .b = {Vc + kvh * hd, NQ_DT_F32, v.stride, 1},
+                           .c = O + t0 * y.stride + h * hd, .ldc = y.stride};
+      rc = nq_gemm(pool, &pv, err);
+    }
+  }
+  free(sc);
+  return rc;
+}
+
 typedef struct {
   const nq_op_desc_t *op;
   nq_core__conv_t c;
@@ -150,6 +213,8 @@ int nq_backends__host_run(const nq_op_desc_t *op, nq_pool_t *pool, nq_err_t *err
   j.x = nq_core__rows_of(op->src[0]);
   if (op->op == NQ_OP_ATTENTION) {
     nq_core__rows_t k = nq_core__rows_of(op->src[1]);
+    if (j.fast && j.x.n >= NQ_HOST_ATTN_GEMM_MIN_ROWS && k.n >= NQ_HOST_ATTN_GEMM_MIN_ROWS)
+      return nq_host__attn_gemm(op, pool, err);
     int nt = nq_pool_size(pool);
     j.scratch_per = (k.n + 15) & ~(int64_t)15;
     j.scratch = malloc(sizeof(float) * (size_t)(j.scratch_per * nt));

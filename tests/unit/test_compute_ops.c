@@ -264,3 +264,32 @@ Test(compute_ops, fast_softmax_vs_double) {
   }
   nq_exec_free(ex);
 }
+
+/* Many query rows: the cpu backend runs attention as per-head GEMMs on strided views (host.c, >= 32 rows and keys);
+ * against the reference per-row loop, causal with an offset and not, grouped-query heads, odd head sizes. */
+Test(compute_ops, attention_long_sequences_gemm_path) {
+  nq_err_t err = {0};
+  nq_backend_t *ref = nq_backend_ref_new(&err), *cpu = nq_backend_cpu_new(NULL, &err);
+  cr_assert(ref && cpu, "%s", err.msg);
+  const int cases[][6] = {/* T, S extra, H, KV, hd, causal */
+                          {32, 0, 1, 1, 8, 1},   {100, 0, 4, 2, 17, 1}, {64, 37, 2, 2, 40, 1},
+                          {300, 0, 8, 8, 40, 0}, {77, 5, 3, 1, 64, 0},  {513, 0, 1, 1, 33, 1}};
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    int T = cases[c][0], pos0 = cases[c][1], H = cases[c][2], KV = cases[c][3], hd = cases[c][4],
+        causal = cases[c][5], S = causal ? pos0 + T : T + pos0 + 11;
+    nq_tensor_t q, k, v, y1, y2;
+    nq_tensor_init(&q, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+    nq_tensor_init(&k, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
+    nq_tensor_init(&v, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
+    nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+    nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+    fill(&q, 2), fill(&k, 2), fill(&v, 1);
+    nq_op_desc_t d = {.op = NQ_OP_ATTENTION, .src = {&q, &k, &v}, .f = {1.0f / sqrtf((float)hd)},
+                      .i = {H, KV, pos0, causal}};
+    double r = run_pair(cpu, ref, &d, &y1, &y2);
+    cr_expect(r >= 0 && r <= 2e-6, "attention T %d S %d H %d KV %d hd %d causal %d: rel_l2 %g", T, S, H, KV, hd, causal,
+              r);
+    nq_tensor_deinit(&q), nq_tensor_deinit(&k), nq_tensor_deinit(&v), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
+  }
+  nq_backend_free(cpu), nq_backend_free(ref);
+}
