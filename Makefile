@@ -94,10 +94,12 @@ integration: all $(ITEST_BIN)
 test: all $(UNIT_BIN) $(ITEST_BIN)
 	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_SHARED=$(SHARED) tests/run-tests.sh $(UNIT_BIN) $(ITEST_BIN)
 
-# Full chaos run (the short one is part of `make test`): 10,000 noop + 200 tiny-LLM tasks, workers SIGKILLed
-# every 1.5 s, one redis-server restart; prints tasks terminal / lost / duplicated executions.
+# Full chaos runs (short ones are part of `make test`), on Redis then on Kafka: 10,000 noop + 200 tiny-LLM tasks each,
+# workers SIGKILLed every 1.5 s (Kafka: 8 s, longer than a consumer group's 6 s session), one redis-server restart /
+# one broker down and up; prints tasks terminal / lost / duplicated executions.
 chaos: all $(BUILD)/tests/test_chaos
-	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_CHAOS_NOOP=10000 NQ_CHAOS_LLM=200 $(BUILD)/tests/test_chaos --verbose=0 --timeout 1200
+	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_CHAOS_NOOP=10000 NQ_CHAOS_LLM=200 NQ_CHAOS_KAFKA_NOOP=10000 NQ_CHAOS_KAFKA_LLM=200 \
+	  $(BUILD)/tests/test_chaos --verbose=0 --timeout 1800 -j1
 
 demo: all
 	@NQ_SHARED=$(SHARED) scripts/demo.sh $(BUILD)/nextq

@@ -172,8 +172,9 @@ typedef struct kpart {
   int64_t hi;     /* first offset never delivered by us (-1: nothing delivered in this assignment) */
   kfl_t *fl;      /* owned: deliveries not yet committed past, offset order */
   int nfl, capfl;
-  int paused, dirty; /* dirty: state changed since the last successful commit */
-  int revoking;      /* revocation deferred (deliveries in flight): paused for good, nothing more is handed out */
+  int paused;   /* paused by us (rd_kafka_pause_partitions), not resumed yet */
+  int dirty;    /* state changed since the last successful commit */
+  int revoking; /* revocation deferred (deliveries in flight): paused for good, nothing more is handed out */
   struct kpart *next;
 } kpart_t;
 
@@ -194,6 +195,8 @@ typedef struct kc {
   rd_kafka_message_t **buf;       /* owned: messages polled by a heartbeat, handed out by the next fetch */
   int nbuf, capbuf;
   int closing;
+  int synced; /* a rebalance callback ran: the group's first SyncGroup answered (see kc_free) */
+  int coop;   /* cooperative rebalance protocol (conf_coop) */
   int64_t commit_hold_until; /* mono ms: async commits wait (a rebalance is in progress), see kc_commit_cb */
   int in_fetch; /* fetches running: their partitions are resumed; outside fetches everything is paused */
   pthread_mutex_t mu;
@@ -215,6 +218,7 @@ typedef struct kmover {
   rd_kafka_t *rk; /* owned: consumer of nq.retry in group nq.retry */
   kretry_t *r;    /* owned */
   int nr, capr;
+  int closing;            /* k_free: the final commit is done, revocations commit nothing more */
   int64_t next_read[256]; /* per partition: offset after the last retry read (-1 unknown); partitions >= 256 are
                              committed only through the retries themselves */
   pthread_mutex_t mu;
@@ -275,6 +279,9 @@ struct kq {
   rd_kafka_t *reader;
   pthread_mutex_t jmu; /* job folds */
   kjpart_t *jparts;
+  pthread_mutex_t cmu; /* partition counts of nq.results / nq.jobs (fixed for the handle: a job's records must keep
+                          mapping to one partition, so a count seen once is kept) */
+  int32_t np_results, np_jobs;
   pthread_mutex_t xmu; /* DLQ fold */
   kdlq_t *dlq;
   int ndlq, capdlq;
@@ -454,6 +461,14 @@ static int wait_dr(kq_t *q, kdr_t *w, int n, const char *ktopic, nq_err_t *err) 
   return rc;
 }
 
+/* Waits for the delivery reports of w[0..n) whatever happened (librdkafka writes into them until then), then
+ * returns rc, or the first delivery error. */
+static int wait_all(kq_t *q, kdr_t *w, int n, const char *ktopic, int rc, nq_err_t *err) {
+  nq_err_t e2 = {0};
+  int wrc = n > 0 ? wait_dr(q, w, n, ktopic, rc ? &e2 : err) : 0;
+  return rc ? rc : wrc;
+}
+
 static int produce_sync(kq_t *q, const char *ktopic, int32_t part, const char *key, const void *val, size_t len,
                         rd_kafka_headers_t *hdrs, int64_t *off, nq_err_t *err) {
   kdr_t w;
@@ -482,17 +497,17 @@ static int k_publish_batch(nq_queue_t *qq, const char *topic, const char *const 
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "kafka queue publish_batch: bad arguments");
   int rc = nq_kafka__topic_name(topic, kt, sizeof kt, err);
   if (rc || n == 0) return rc;
+  for (int i = 0; i < n; i++) /* a bad item rejects the whole batch before anything is produced */
+    if (!bodies[i] && lens[i]) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "kafka publish_batch: NULL body %d", i);
   kdr_t *w = calloc((size_t)n, sizeof *w);
   if (!w) return oom(err, "publish_batch");
   int sent = 0;
   for (; sent < n && !rc; sent++)
-    if (!bodies[sent] && lens[sent]) rc = nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "kafka publish_batch: NULL body %d", sent);
-    else rc = produce1(q, kt, RD_KAFKA_PARTITION_UA, NULL, bodies[sent] ? bodies[sent] : "", lens[sent], NULL, &w[sent], err);
+    rc = produce1(q, kt, RD_KAFKA_PARTITION_UA, NULL, bodies[sent] ? bodies[sent] : "", lens[sent], NULL, &w[sent], err);
   if (rc) sent--; /* the failed one was not enqueued */
-  nq_err_t e2 = {0};
-  int rc2 = wait_dr(q, w, sent, kt, rc ? &e2 : err);
+  rc = wait_all(q, w, sent, kt, rc, err);
   free(w);
-  return rc ? rc : rc2;
+  return rc;
 }
 
 /* ---------------------------------------------------------------- metadata */
@@ -627,6 +642,17 @@ static void kc_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_p
   pthread_mutex_unlock(&kc->mu);
 }
 
+/* Whether rk's group uses the cooperative protocol, from its configuration. Not rd_kafka_rebalance_protocol(): that
+ * is a request to the group thread, and inside the revocation that rd_kafka_consumer_close serves it was never
+ * answered (librdkafka 2.0.2; a worker hung forever on SIGTERM after a broker outage). librdkafka picks COOPERATIVE
+ * only when every configured assignor is cooperative, i.e. "cooperative-sticky" alone. */
+static int conf_coop(rd_kafka_t *rk) {
+  char v[256];
+  size_t n = sizeof v;
+  return rd_kafka_conf_get(rd_kafka_conf(rk), "partition.assignment.strategy", v, &n) == RD_KAFKA_CONF_OK &&
+         !strcmp(v, "cooperative-sticky");
+}
+
 /* Forget buffered (not yet handed out) messages of a partition: the next owner reads them from the commit. */
 static void buf_drop(kc_t *kc, const char *ktopic, int32_t part) {
   int j = 0;
@@ -638,12 +664,25 @@ static void buf_drop(kc_t *kc, const char *ktopic, int32_t part) {
   kc->nbuf = j;
 }
 
-/* Unassign `l`: commit what is done (unless lost), drop their state. */
+/* Unassign `l`: commit what is done (unless lost), drop their state. A partition we paused is resumed first:
+ * librdkafka keeps the application's pause flag across unassign/assign (it resets only its own), so a partition
+ * lost while paused -- a broker outage during a long task -- came back paused, fetched nothing, and its tasks
+ * stalled for good. */
 static void kc_unassign(kc_t *kc, rd_kafka_topic_partition_list_t *l, int lost) {
+  rd_kafka_topic_partition_list_t *rl = rd_kafka_topic_partition_list_new(l->cnt > 0 ? l->cnt : 1);
+  for (int i = 0; i < l->cnt; i++) {
+    kpart_t *p = part_find(kc, l->elems[i].topic, l->elems[i].partition);
+    if (p && p->paused) rd_kafka_topic_partition_list_add(rl, p->ktopic, p->part);
+  }
+  if (rl->cnt) rd_kafka_resume_partitions(kc->rk, rl);
+  rd_kafka_topic_partition_list_destroy(rl);
   for (int i = 0; i < l->cnt; i++) {
     kpart_t *p = part_find(kc, l->elems[i].topic, l->elems[i].partition);
     if (!p) continue;
-    if (!lost) kc_commit_sync(kc, p, 1, 1);
+    /* Not while closing: kc_free committed everything just before rd_kafka_consumer_close, and a synchronous commit
+     * from the revocation that close itself serves waited forever (librdkafka 2.0.2: no timeout, seen as a worker
+     * hung after "stopped" on SIGTERM). */
+    if (!lost && !kc->closing) kc_commit_sync(kc, p, 1, 1);
     buf_drop(kc, p->ktopic, p->part);
     for (kpart_t **pp = &kc->parts; *pp; pp = &(*pp)->next)
       if (*pp == p) {
@@ -653,7 +692,7 @@ static void kc_unassign(kc_t *kc, rd_kafka_topic_partition_list_t *l, int lost) 
     part_free(p);
   }
   rd_kafka_error_t *e = NULL;
-  if (!strcmp(rd_kafka_rebalance_protocol(kc->rk), "COOPERATIVE")) e = rd_kafka_incremental_unassign(kc->rk, l);
+  if (kc->coop) e = rd_kafka_incremental_unassign(kc->rk, l);
   else rd_kafka_assign(kc->rk, NULL);
   if (e) {
     NQ_WARN("kafka", "group %s: unassign: %s", kc->group, rd_kafka_error_string(e));
@@ -676,7 +715,9 @@ static void kc_revoke_maybe(kc_t *kc) {
 }
 
 /* Pauses (or resumes) every assigned partition: outside a fetch nothing is fetched, so the heartbeat's polls only
- * keep the membership alive; resuming restarts fetching at the last position handed out. Caller holds kc->mu. */
+ * keep the membership alive; resuming restarts fetching at the last position handed out. Only partitions we paused
+ * are resumed: resuming partitions never paused (tried for freshly assigned ones) made librdkafka 2.0 fetch again
+ * from the committed offset -- acked tasks were redelivered and FIFO order broke. Caller holds kc->mu. */
 static void kc_pause_all(kc_t *kc, int pause) {
   rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
   for (kpart_t *p = kc->parts; p; p = p->next)
@@ -700,8 +741,9 @@ static void kc_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_p
 }
 
 static void kc_rebalance_locked(kc_t *kc, rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l) {
+  kc->synced = 1;
   kc->commit_hold_until = 0; /* the rebalance reached us: commits carry the new generation */
-  int coop = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+  int coop = kc->coop;
   if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     /* the committed offsets and their metadata say what earlier owners delivered */
     rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(l);
@@ -732,7 +774,9 @@ static void kc_rebalance_locked(kc_t *kc, rd_kafka_t *rk, rd_kafka_resp_err_t e,
     } else {
       rd_kafka_assign(rk, l);
     }
-    if (!kc->in_fetch) kc_pause_all(kc, 1); /* assigned during a heartbeat: nothing to fetch until the next fetch */
+    /* Not paused here even outside a fetch: a pause right behind the assign can overtake its fetch-start op
+     * (librdkafka issue 2190) and the partition would never fetch. The next heartbeat of a long task pauses it;
+     * until then its messages are buffered, not handed out. */
     return;
   }
   int lost = rd_kafka_assignment_lost(rk) || e != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
@@ -782,9 +826,89 @@ static void kc_rebalance_locked(kc_t *kc, rd_kafka_t *rk, rd_kafka_resp_err_t e,
   rd_kafka_topic_partition_list_destroy(pl);
 }
 
+static void kc_poll(kc_t *kc, int timeout_ms);
+
+/* rd_kafka_consumer_close on a helper thread, waited for at most timeout_ms. 1 when it finished. */
+typedef struct kclose {
+  rd_kafka_t *rk;
+  int done, refs; /* refs: the waiter and the thread; the last one frees */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+} kclose_t;
+
+static void kclose_unref(kclose_t *c) {
+  int last = --c->refs == 0;
+  pthread_mutex_unlock(&c->mu);
+  if (!last) return;
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cv);
+  free(c);
+}
+
+static void *close_main(void *p) {
+  kclose_t *c = p;
+  rd_kafka_consumer_close(c->rk);
+  pthread_mutex_lock(&c->mu);
+  c->done = 1;
+  pthread_cond_broadcast(&c->cv);
+  kclose_unref(c);
+  return NULL;
+}
+
+static int close_bounded(rd_kafka_t *rk, int timeout_ms) {
+  kclose_t *c = calloc(1, sizeof *c);
+  pthread_t th;
+  pthread_attr_t at;
+  if (!c) {
+    rd_kafka_consumer_close(rk);
+    return 1;
+  }
+  c->rk = rk, c->refs = 2;
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  pthread_attr_init(&at);
+  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&th, &at, close_main, c) != 0) {
+    pthread_attr_destroy(&at);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+    rd_kafka_consumer_close(rk);
+    return 1;
+  }
+  pthread_attr_destroy(&at);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+  pthread_mutex_lock(&c->mu);
+  while (!c->done && pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0) {
+  }
+  int done = c->done;
+  kclose_unref(c);
+  return done;
+}
+
 static void kc_free(kc_t *kc) {
+  /* librdkafka 2.0.2 aborts (rd_kafka_sticky_assignor_state_destroy: Assertion `assignor_state' failed) when a
+   * cooperative-sticky consumer is destroyed after its JoinGroup but before its first SyncGroup answer (upstream issue
+   * 4312, fixed by PR 4381 in 2.3): a worker stopped moments after it started. So serve the first rebalance before
+   * closing (bounded), and if it still has not come, leave the group without rd_kafka_destroy (a leaked handle at
+   * exit rather than an abort). */
+  int64_t until = mono_ms() + 2 * (int64_t)kc->hold_ms + 3000;
+  pthread_mutex_lock(&kc->mu);
+  int wait = kc->ntopics > 0 && !kc->synced;
+  pthread_mutex_unlock(&kc->mu);
+  while (wait && mono_ms() < until) {
+    kc_poll(kc, 100);
+    pthread_mutex_lock(&kc->mu);
+    wait = !kc->synced;
+    pthread_mutex_unlock(&kc->mu);
+  }
   pthread_mutex_lock(&kc->pmu);
   pthread_mutex_lock(&kc->mu);
+  kc_commit_sync(kc, NULL, 1, 1); /* every partition, a deferred revocation's included */
   kc->closing = 1;
   if (kc->pending_revoke) {
     rd_kafka_topic_partition_list_t *l = kc->pending_revoke;
@@ -792,13 +916,23 @@ static void kc_free(kc_t *kc) {
     kc_unassign(kc, l, 0);
     rd_kafka_topic_partition_list_destroy(l);
   }
-  kc_commit_sync(kc, NULL, 1, 1);
   pthread_mutex_unlock(&kc->mu); /* close serves the last rebalance, whose callback takes mu */
-  rd_kafka_consumer_close(kc->rk); /* leaves the group: undone deliveries go to the next owner now */
+  /* leaves the group: undone deliveries go to the next owner now */
+  if (!close_bounded(kc->rk, kc->hold_ms + 5000)) {
+    /* Seen with librdkafka 2.0.2 after a broker outage: the incremental unassign the close's own revocation needs
+     * is never answered, and close waits forever. Everything done is committed above; the group hands the
+     * partitions on after session.timeout.ms. The handle and kc stay allocated (the close thread still uses them):
+     * a leak at shutdown instead of a worker that never exits. */
+    NQ_WARN("kafka", "group %s consumer %s: close did not finish in %d ms: left to the session timeout", kc->group,
+            kc->name, kc->hold_ms + 5000);
+    pthread_mutex_unlock(&kc->pmu);
+    return;
+  }
   pthread_mutex_lock(&kc->mu);
   for (int i = 0; i < kc->nbuf; i++) rd_kafka_message_destroy(kc->buf[i]);
   free(kc->buf);
-  rd_kafka_destroy(kc->rk);
+  if (wait) NQ_WARN("kafka", "group %s consumer %s: no assignment yet at close: handle left open", kc->group, kc->name);
+  else rd_kafka_destroy(kc->rk);
   while (kc->parts) {
     kpart_t *p = kc->parts;
     kc->parts = p->next;
@@ -883,6 +1017,7 @@ static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err)
   pthread_mutex_init(&kc->mu, NULL);
   pthread_mutex_init(&kc->pmu, NULL);
   kc->rk = new_client(q, RD_KAFKA_CONSUMER, group, session_ms(q), kc, kc_rebalance, err);
+  if (kc->rk) kc->coop = conf_coop(kc->rk);
   if (!kc->rk) {
     pthread_mutex_destroy(&kc->mu);
     pthread_mutex_destroy(&kc->pmu);
@@ -1048,14 +1183,14 @@ static void mover_commit(kmover_t *m, rd_kafka_topic_partition_list_t *only) {
 
 static void mover_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *l, void *opaque) {
   kmover_t *m = opaque;
-  int coop = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+  int coop = conf_coop(rk);
   if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     rd_kafka_error_t *er = coop ? rd_kafka_incremental_assign(rk, l) : NULL;
     if (!coop) rd_kafka_assign(rk, l);
     if (er) rd_kafka_error_destroy(er);
     return;
   }
-  if (!rd_kafka_assignment_lost(rk)) mover_commit(m, l);
+  if (!rd_kafka_assignment_lost(rk) && !m->closing) mover_commit(m, l); /* closing: committed just before */
   /* retries of revoked partitions are re-read by their next owner from the commit */
   int j = 0;
   for (int i = 0; i < m->nr; i++) {
@@ -1347,11 +1482,15 @@ static int k_extend_lease(nq_queue_t *qq, const char *group, const char *consume
   kpart_t *p;
   int idx;
   kc_t *kc = locate(q, group, d, &p, &idx);
-  if (!kc)
-    return nq_err_set(err, NQ_ENOENT, 0, "kafka queue extend_lease: %s is not in flight in group %s", d->id, group);
-  pthread_mutex_unlock(&kc->mu);
+  int found = kc != NULL;
+  if (kc) pthread_mutex_unlock(&kc->mu);
+  /* The consumer's own liveness first, whatever the delivery's state: a worker whose tasks are acked but who is still
+   * finishing the batch (job marks, the job's manifest) polls nothing else, and librdkafka expels a consumer that
+   * has not polled for max.poll.interval.ms (MAXPOLL: leaving group) -- its uncommitted work then runs again. */
   kc_t *own = kc_find(q, group, consumer);
   if (own) kc = own;
+  if (!kc)
+    return nq_err_set(err, NQ_ENOENT, 0, "kafka queue extend_lease: %s is not in flight in group %s", d->id, group);
   pthread_mutex_lock(&kc->mu);
   if (!kc->in_fetch) kc_pause_all(kc, 1); /* a long task: fetch nothing until the next fetch */
   pthread_mutex_unlock(&kc->mu);
@@ -1362,6 +1501,8 @@ static int k_extend_lease(nq_queue_t *qq, const char *group, const char *consume
   pthread_mutex_unlock(&kc->mu);
   int64_t due;
   mover_step(q, &due);
+  if (!found)
+    return nq_err_set(err, NQ_ENOENT, 0, "kafka queue extend_lease: %s is not in flight in group %s", d->id, group);
   return 0;
 }
 
@@ -1441,7 +1582,14 @@ static int res_cb(void *ud, const rd_kafka_message_t *m) {
 }
 
 static int job_part(kq_t *q, const char *ktopic, const char *job, int32_t *part, nq_err_t *err) {
-  int32_t np;
+  int32_t np, *cache = !strcmp(ktopic, KQ_T_RESULTS) ? &q->np_results : !strcmp(ktopic, KQ_T_JOBS) ? &q->np_jobs : NULL;
+  pthread_mutex_lock(&q->cmu);
+  np = cache ? *cache : 0;
+  pthread_mutex_unlock(&q->cmu);
+  if (np > 0) {
+    *part = nq_kafka__key_partition(job, np);
+    return 0;
+  }
   int rc = partition_count(q, ktopic, &np, err);
   if (rc) return rc;
   if (np <= 0) {
@@ -1450,6 +1598,11 @@ static int job_part(kq_t *q, const char *ktopic, const char *job, int32_t *part,
     nanosleep(&ts, NULL);
     if ((rc = partition_count(q, ktopic, &np, err))) return rc;
     if (np <= 0) return nq_err_set(err, NQ_EQUEUE, NQ_ERR_RETRIABLE, "kafka: topic %s does not exist", ktopic);
+  }
+  if (cache) {
+    pthread_mutex_lock(&q->cmu);
+    *cache = np;
+    pthread_mutex_unlock(&q->cmu);
   }
   *part = nq_kafka__key_partition(job, np);
   return 0;
@@ -1554,9 +1707,13 @@ static kjob_t *job_find(kjpart_t *jp, const char *job, int create) {
 
 typedef struct jfold {
   kjpart_t *jp;
-  int64_t stop_at;  /* report the record at this offset (-1: none) */
-  int changed;      /* OUT: whether that record changed its task's status */
-  nq_job_counts_t after;
+  int64_t stop_at;  /* stop after the record at this offset (-1: read to the high watermark) */
+  /* records to report (a batch of marks): offsets, and per offset whether it changed its task's status and the
+   * job's counts right after it; borrowed arrays of ntgt entries */
+  const int64_t *tgt;
+  int *tgt_changed;
+  nq_job_counts_t *tgt_after;
+  int ntgt;
   int oom;
 } jfold_t;
 
@@ -1602,12 +1759,12 @@ static int jobs_cb(void *ud, const rd_kafka_message_t *m) {
     }
   }
   json_decref(r);
-  if (m->offset == f->stop_at) {
-    f->changed = changed;
-    if (j) f->after = (nq_job_counts_t){.total = j->total, .ok = j->ok, .failed = j->failed, .dead = j->dead};
-    return -1;
-  }
-  return 1;
+  for (int t = 0; t < f->ntgt; t++)
+    if (f->tgt[t] == m->offset) {
+      f->tgt_changed[t] = changed;
+      if (j) f->tgt_after[t] = (nq_job_counts_t){.total = j->total, .ok = j->ok, .failed = j->failed, .dead = j->dead};
+    }
+  return m->offset == f->stop_at ? -1 : 1;
 }
 
 static kjpart_t *jpart_get(kq_t *q, int32_t part) {
@@ -1621,15 +1778,13 @@ static kjpart_t *jpart_get(kq_t *q, int32_t part) {
   return jp;
 }
 
-/* Folds the job's partition up to the high watermark (or through stop_at). Caller holds q->jmu. */
-static int jobs_fold(kq_t *q, const char *job, int64_t stop_at, kjpart_t **jpp, jfold_t *f, nq_err_t *err) {
-  int32_t part;
-  int rc = job_part(q, KQ_T_JOBS, job, &part, err);
-  if (rc) return rc;
+/* Folds nq.jobs partition `part` up to the high watermark (or through f->stop_at). Caller holds q->jmu. */
+static int jobs_fold_part(kq_t *q, int32_t part, kjpart_t **jpp, jfold_t *f, nq_err_t *err) {
   kjpart_t *jp = jpart_get(q, part);
   if (!jp) return oom(err, "job fold");
-  *f = (jfold_t){.jp = jp, .stop_at = stop_at};
-  if (stop_at < 0 || jp->nextoff <= stop_at) {
+  f->jp = jp;
+  int rc = 0;
+  if (f->stop_at < 0 || jp->nextoff <= f->stop_at) {
     pthread_mutex_lock(&q->rmu);
     rc = read_part(q, KQ_T_JOBS, part, jp->nextoff, 0, jobs_cb, f, err);
     pthread_mutex_unlock(&q->rmu);
@@ -1637,6 +1792,15 @@ static int jobs_fold(kq_t *q, const char *job, int64_t stop_at, kjpart_t **jpp, 
   if (!rc && f->oom) rc = oom(err, "job fold");
   *jpp = jp;
   return rc;
+}
+
+/* Folds the job's partition up to the high watermark. Caller holds q->jmu. */
+static int jobs_fold(kq_t *q, const char *job, kjpart_t **jpp, nq_err_t *err) {
+  int32_t part;
+  int rc = job_part(q, KQ_T_JOBS, job, &part, err);
+  if (rc) return rc;
+  jfold_t f = {.stop_at = -1};
+  return jobs_fold_part(q, part, jpp, &f, err);
 }
 
 static int jobs_append(kq_t *q, const char *job, json_t *rec, int64_t *off, nq_err_t *err) {
@@ -1680,8 +1844,7 @@ static int k_job_get(nq_queue_t *qq, const char *job, char **meta_json, nq_err_t
   *meta_json = NULL;
   pthread_mutex_lock(&q->jmu);
   kjpart_t *jp;
-  jfold_t f;
-  rc = jobs_fold(q, job, -1, &jp, &f, err);
+  rc = jobs_fold(q, job, &jp, err);
   kjob_t *j = rc ? NULL : job_find(jp, job, 0);
   if (j && j->meta && !(*meta_json = strdup(j->meta))) rc = oom(err, "job_get");
   pthread_mutex_unlock(&q->jmu);
@@ -1697,39 +1860,127 @@ static int k_job_counts(nq_queue_t *qq, const char *job, nq_job_counts_t *c, nq_
   *c = (nq_job_counts_t){.total = -1};
   pthread_mutex_lock(&q->jmu);
   kjpart_t *jp;
-  jfold_t f;
-  rc = jobs_fold(q, job, -1, &jp, &f, err);
+  rc = jobs_fold(q, job, &jp, err);
   kjob_t *j = rc ? NULL : job_find(jp, job, 0);
   if (j) *c = (nq_job_counts_t){.total = j->total, .ok = j->ok, .failed = j->failed, .dead = j->dead};
   pthread_mutex_unlock(&q->jmu);
   return rc;
 }
 
-static int k_job_mark(nq_queue_t *qq, const char *job, const char *task, const char *status, nq_job_counts_t *after,
-                      int *changed, nq_err_t *err) {
-  NEED_ERR;
-  kq_t *q = (kq_t *)qq;
+static int check_mark(const char *job, const char *task, const char *status, nq_err_t *err) {
   int rc = check_job(job, "job_mark", err);
   if (rc) return rc;
   if (!task || !*task) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "kafka queue job_mark: empty task");
   if (!status || (strcmp(status, "ok") && strcmp(status, "failed") && strcmp(status, "dead")))
     return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "kafka queue job_mark: status '%s' of task %s is not ok|failed|dead",
                       status ? status : "(null)", task);
-  /* one mark at a time per process: the record's offset is beyond everything this process has folded, so the
-   * fold below stops exactly at it and sees the state every other process will see at that point of the log */
+  return 0;
+}
+
+/* Appends the marks of items[0..n) (all records produced, then their delivery reports awaited: one round trip),
+ * then folds each touched nq.jobs partition once, through its last mark, reporting every mark on the way.
+ * One batch at a time per process (q->jmu): each record's offset is beyond everything this process has folded, so
+ * the fold sees, at each mark, the state every other process will see at that point of the log. */
+static int marks_batch(kq_t *q, const nq_completion_t *items, int n, nq_job_counts_t *after, int *changed,
+                       nq_err_t *err) {
+  if (n <= 0) return 0;
+  kdr_t *w = calloc((size_t)n, sizeof *w);
+  int32_t *part = calloc((size_t)n, sizeof *part);
+  int64_t *tgt = calloc((size_t)n, sizeof *tgt);
+  int *tch = calloc((size_t)n, sizeof *tch), *done = calloc((size_t)n, sizeof *done);
+  nq_job_counts_t *taft = calloc((size_t)n, sizeof *taft);
+  int rc = 0, sent = 0;
+  if (!w || !part || !tgt || !tch || !done || !taft) rc = oom(err, "job marks");
   pthread_mutex_lock(&q->jmu);
-  int64_t off = -1;
-  rc = jobs_append(q, job, json_pack("{s:s,s:s,s:s}", "k", "mark", "task", task, "s", status), &off, err);
-  kjpart_t *jp;
-  jfold_t f;
-  if (!rc) rc = jobs_fold(q, job, off, &jp, &f, err);
-  if (!rc && jp->nextoff <= off)
-    rc = nq_err_set(err, NQ_EQUEUE, NQ_ERR_RETRIABLE, "kafka job %s: mark at offset %lld not readable", job,
-                    (long long)off);
+  for (; !rc && sent < n; sent++) {
+    const nq_completion_t *it = &items[sent];
+    json_t *rec = json_pack("{s:s,s:s,s:s}", "k", "mark", "task", it->task, "s", it->status);
+    char *js = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+    json_decref(rec);
+    if (!js) rc = oom(err, "job record");
+    if (!rc) rc = job_part(q, KQ_T_JOBS, it->job, &part[sent], err);
+    if (!rc) rc = produce1(q, KQ_T_JOBS, part[sent], it->job, js, strlen(js), NULL, &w[sent], err);
+    free(js);
+    if (rc) break;
+  }
+  rc = wait_all(q, w, sent, KQ_T_JOBS, rc, err);
+  /* one fold per partition, through its last mark */
+  for (int i = 0; !rc && i < n; i++) {
+    if (done[i]) continue;
+    int nt = 0;
+    int64_t last = -1;
+    for (int k = i; k < n; k++)
+      if (!done[k] && part[k] == part[i]) {
+        tgt[nt] = w[k].off, tch[nt] = 0, taft[nt] = (nq_job_counts_t){.total = -1};
+        if (w[k].off > last) last = w[k].off;
+        nt++;
+      }
+    jfold_t f = {.stop_at = last, .tgt = tgt, .tgt_changed = tch, .tgt_after = taft, .ntgt = nt};
+    kjpart_t *jp;
+    rc = jobs_fold_part(q, part[i], &jp, &f, err);
+    if (!rc && jp->nextoff <= last)
+      rc = nq_err_set(err, NQ_EQUEUE, NQ_ERR_RETRIABLE, "kafka job %s: mark at offset %lld not readable", items[i].job,
+                      (long long)last);
+    for (int k = i, t = 0; !rc && k < n; k++)
+      if (!done[k] && part[k] == part[i]) {
+        if (after) after[k] = taft[t];
+        if (changed) changed[k] = tch[t];
+        done[k] = 1, t++;
+      }
+  }
   pthread_mutex_unlock(&q->jmu);
+  free(w), free(part), free(tgt), free(tch), free(done), free(taft);
+  return rc;
+}
+
+static int k_job_mark(nq_queue_t *qq, const char *job, const char *task, const char *status, nq_job_counts_t *after,
+                      int *changed, nq_err_t *err) {
+  NEED_ERR;
+  int rc = check_mark(job, task, status, err);
   if (rc) return rc;
-  if (after) *after = f.after;
-  if (changed) *changed = f.changed;
+  nq_completion_t it = {.job = job, .task = task, .status = status};
+  return marks_batch((kq_t *)qq, &it, 1, after, changed, err);
+}
+
+/* publish_result + job_mark + ack of every item, with one produce round trip for the results, one for the marks and
+ * one fold per touched nq.jobs partition (the per-item wrapper paid ~3 round trips per task: ~10 tasks/s). Not atomic
+ * (Kafka transactions are not used): a crash between the steps leaves results/marks without the ack, the tasks are
+ * redelivered and their results published again (at-least-once; the marks count each task once). */
+static int k_complete_batch(nq_queue_t *qq, const char *group, const nq_completion_t *items, int n,
+                            nq_job_counts_t *counts, int *changed, nq_err_t *err) {
+  NEED_ERR;
+  kq_t *q = (kq_t *)qq;
+  if (n <= 0 || !items) return 0;
+  for (int i = 0; i < n; i++) {
+    const nq_completion_t *it = &items[i];
+    if (!it->job || !it->task || !it->status || !it->result)
+      return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "queue complete_batch: item %d of %d has a NULL field", i, n);
+    int rc = check_mark(it->job, it->task, it->status, err);
+    if (!rc && it->d) rc = check_del("complete_batch", group, it->d, err);
+    if (rc) return nq_err_prefix(err, "complete_batch item %d of %d", i, n);
+  }
+  kdr_t *w = calloc((size_t)n, sizeof *w);
+  if (!w) return oom(err, "complete_batch");
+  int rc = 0, sent = 0;
+  for (; !rc && sent < n; sent++) {
+    int32_t part;
+    rc = job_part(q, KQ_T_RESULTS, items[sent].job, &part, err);
+    if (!rc)
+      rc = produce1(q, KQ_T_RESULTS, part, items[sent].job, items[sent].result, strlen(items[sent].result), NULL,
+                    &w[sent], err);
+    if (rc) break;
+  }
+  rc = wait_all(q, w, sent, KQ_T_RESULTS, rc, err);
+  free(w);
+  if (rc) return nq_err_prefix(err, "complete_batch: publish results");
+  if ((rc = marks_batch(q, items, n, counts, changed, err))) return nq_err_prefix(err, "complete_batch: job marks");
+  for (int i = 0; i < n; i++) {
+    if (!items[i].d) continue;
+    kpart_t *p;
+    int idx;
+    kc_t *kc = locate(q, group, items[i].d, &p, &idx);
+    if (kc) finish(kc, p, idx);
+  }
   return 0;
 }
 
@@ -2005,13 +2256,17 @@ static void k_free(nq_queue_t *qq) {
     kmover_t *m = q->mover;
     pthread_mutex_lock(&m->mu);
     mover_commit(m, NULL);
+    m->closing = 1;
     pthread_mutex_unlock(&m->mu);
-    rd_kafka_consumer_close(m->rk);
-    rd_kafka_destroy(m->rk);
-    for (int i = 0; i < m->nr; i++) free(m->r[i].ktopic), free(m->r[i].body);
-    free(m->r);
-    pthread_mutex_destroy(&m->mu);
-    free(m);
+    if (close_bounded(m->rk, session_ms(q) + 5000)) {
+      rd_kafka_destroy(m->rk);
+      for (int i = 0; i < m->nr; i++) free(m->r[i].ktopic), free(m->r[i].body);
+      free(m->r);
+      pthread_mutex_destroy(&m->mu);
+      free(m);
+    } else { /* as in kc_free: leaked rather than a process that never exits */
+      NQ_WARN("kafka", "retry mover: close did not finish: left to the session timeout");
+    }
   }
   while (q->probes) {
     kprobe_t *p = q->probes;
@@ -2053,6 +2308,7 @@ static void k_free(nq_queue_t *qq) {
   pthread_mutex_destroy(&q->mu);
   pthread_mutex_destroy(&q->rmu);
   pthread_mutex_destroy(&q->jmu);
+  pthread_mutex_destroy(&q->cmu);
   pthread_mutex_destroy(&q->xmu);
   free(q);
 }
@@ -2077,7 +2333,7 @@ static const nq_queue_i kafka_vt = {
     .dlq_requeue = k_dlq_requeue,
     .dlq_purge = k_dlq_purge,
     .publish_batch = k_publish_batch,
-    .complete_batch = NULL, /* the wrapper loops over publish_result + job_mark + ack */
+    .complete_batch = k_complete_batch,
     .free = k_free,
 };
 
@@ -2117,6 +2373,7 @@ int nq_queue_kafka_open(const char *brokers, const nq_queue_opts_t *opts, nq_que
   pthread_mutex_init(&q->mu, NULL);
   pthread_mutex_init(&q->rmu, NULL);
   pthread_mutex_init(&q->jmu, NULL);
+  pthread_mutex_init(&q->cmu, NULL);
   pthread_mutex_init(&q->xmu, NULL);
   int rc = 0;
   /* properties: "?k=v&k=v" in the URL, then opts->kv (later ones win) */
