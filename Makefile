@@ -119,7 +119,7 @@ clean:
 # api/page.c embeds the page with .incbin, which -MMD cannot see
 $(BUILD)/obj/api/page.o: api/static/index.html api/static/openapi.json
 
-# ---- fuzzing: make fuzz [FUZZ_SECONDS=30] [FUZZ_TARGETS="envelope tar"] ---------------------------------------
+# ---- fuzzing: make fuzz [FUZZ_SECONDS=30] [FUZZ_JOBS=1] [FUZZ_TARGETS="envelope tar"] -----------------------
 # libFuzzer targets tests/fuzz/fuzz_<name>.c, built with clang + ASan + UBSan against the library sources they
 # need, compiled again into build-fuzz/ (build/libnextq.a is gcc without sanitizers). Needs clang and
 # libclang-rt-dev (Debian). Seeds: tests/fuzz/corpus/<name>/; each target runs FUZZ_SECONDS.
