@@ -139,6 +139,24 @@ Test(compute_ops, rowwise_all_backends) {
   nq_backend_free(ref);
 }
 
+/* Attention on random q/k/v ([T, H*hd], [S, KV*hd]) on backend be against ref: rel_l2, or < 0 if unsupported. */
+static double attn_pair(nq_backend_t *be, nq_backend_t *ref, int T, int S, int H, int KV, int hd, int pos0,
+                        int causal) {
+  nq_err_t err = {0};
+  nq_tensor_t q, k, v, y1, y2;
+  nq_tensor_init(&q, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+  nq_tensor_init(&k, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
+  nq_tensor_init(&v, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
+  nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+  nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
+  fill(&q, 2), fill(&k, 2), fill(&v, 1);
+  nq_op_desc_t d = {.op = NQ_OP_ATTENTION, .src = {&q, &k, &v}, .f = {1.0f / sqrtf((float)hd)},
+                    .i = {H, KV, pos0, causal}};
+  double r = run_pair(be, ref, &d, &y1, &y2);
+  nq_tensor_deinit(&q), nq_tensor_deinit(&k), nq_tensor_deinit(&v), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
+  return r;
+}
+
 Test(compute_ops, attention_embed_all_backends) {
   nq_err_t err = {0};
   nq_backend_t *ref = nq_backend_ref_new(&err);
@@ -149,21 +167,11 @@ Test(compute_ops, attention_embed_all_backends) {
     for (int trial = 0; trial < 8; trial++) {
       int KV = irand(1, 3), group = irand(1, 3), H = KV * group, hd = irand(1, 24), T = irand(1, 9),
           pos0 = irand(0, 20), causal = trial % 3 != 2, S = pos0 + T + (causal ? 0 : irand(0, 5));
-      nq_tensor_t q, k, v, y1, y2;
-      nq_tensor_init(&q, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
-      nq_tensor_init(&k, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
-      nq_tensor_init(&v, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
-      nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
-      nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
-      fill(&q, 2), fill(&k, 2), fill(&v, 1);
-      nq_op_desc_t d = {.op = NQ_OP_ATTENTION, .src = {&q, &k, &v}, .f = {1.0f / sqrtf((float)hd)},
-                        .i = {H, KV, pos0, causal}};
-      double r = run_pair(be, ref, &d, &y1, &y2);
+      double r = attn_pair(be, ref, T, S, H, KV, hd, pos0, causal);
       if (r >= 0) {
         ran++;
         cr_expect_leq(r, 1e-6, "attention on %s: %g", k_backends[b], r);
       }
-      nq_tensor_deinit(&q), nq_tensor_deinit(&k), nq_tensor_deinit(&v), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
     }
     nq_dtype_t dts[] = {NQ_DT_F32, NQ_DT_BF16, NQ_DT_F16};
     for (int t = 0; t < 3; t++) {
@@ -277,19 +285,9 @@ Test(compute_ops, attention_long_sequences_gemm_path) {
   for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
     int T = cases[c][0], pos0 = cases[c][1], H = cases[c][2], KV = cases[c][3], hd = cases[c][4],
         causal = cases[c][5], S = causal ? pos0 + T : T + pos0 + 11;
-    nq_tensor_t q, k, v, y1, y2;
-    nq_tensor_init(&q, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
-    nq_tensor_init(&k, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
-    nq_tensor_init(&v, NQ_DT_F32, 2, NQ_SHAPE(S, KV * hd), &err);
-    nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
-    nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(T, H * hd), &err);
-    fill(&q, 2), fill(&k, 2), fill(&v, 1);
-    nq_op_desc_t d = {.op = NQ_OP_ATTENTION, .src = {&q, &k, &v}, .f = {1.0f / sqrtf((float)hd)},
-                      .i = {H, KV, pos0, causal}};
-    double r = run_pair(cpu, ref, &d, &y1, &y2);
+    double r = attn_pair(cpu, ref, T, S, H, KV, hd, pos0, causal);
     cr_expect(r >= 0 && r <= 2e-6, "attention T %d S %d H %d KV %d hd %d causal %d: rel_l2 %g", T, S, H, KV, hd, causal,
               r);
-    nq_tensor_deinit(&q), nq_tensor_deinit(&k), nq_tensor_deinit(&v), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
   }
   nq_backend_free(cpu), nq_backend_free(ref);
 }
