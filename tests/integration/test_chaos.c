@@ -14,7 +14,8 @@
  * broker minimum) and every replacement joins with another rebalance, so the default kill interval there is 8 s:
  * killing faster than the group can settle stalls any Kafka consumer group, whatever the client.
  *
- * `make test` runs short versions; `make chaos` the full ones (Redis 10,000 noop + 200 LLM, Kafka 4,000 + 200: see the Makefile).
+ * `make test` runs short versions; `make chaos` the full ones (Redis 10,000 noop + 200 LLM, Kafka 4,000 + 200:
+ * see the Makefile).
  * Env: NQ_CHAOS_NOOP, NQ_CHAOS_LLM, NQ_CHAOS_KILL_MS (redis; default 1500), NQ_CHAOS_KAFKA_NOOP, NQ_CHAOS_KAFKA_LLM,
  * NQ_CHAOS_KAFKA_KILL_MS (8000), NQ_CHAOS_KAFKA_DOWN_MS (2000); NQ_CHAOS_KEEP=1 keeps the temporary directory. */
 #include <criterion/criterion.h>
