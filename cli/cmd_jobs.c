@@ -306,7 +306,8 @@ int nq_cli_wait(int argc, char **argv) {
   double timeout = 0;
   int r = job_args(argc, argv,
                    "usage: nextq wait JOB_ID [--queue URL] [--timeout SECONDS]\n"
-                   "Exit 0 when every task is ok, 1 if any is dead, 2 on timeout (0 = wait forever).\n",
+                   "Exit 0 when every task is ok, 1 if any is dead, 2 on timeout (0 = wait forever) or when the\n"
+                   "job's manifest cannot be written (tried 3 times).\n",
                    &qurl, &timeout, NULL);
   if (r >= 0) return r;
   nq_queue_t *q = nq_cli_open_queue(nq_cli_queue_url(qurl), 30000);
@@ -326,10 +327,16 @@ int nq_cli_wait(int argc, char **argv) {
     if (nq_queue_job_counts(q, argv[optind], &c, &err) != 0) {
       NQ_WARN("wait", "%s (retrying)", err.msg);
     } else if (nq_job_counts_complete(&c)) {
-      int complete = 0;
-      if (nq_sched_finalize(q, st, argv[optind], &complete, &err) != 0) NQ_WARN("wait", "manifest: %s", err.msg);
+      /* the worker that completed the job wrote the manifest unless it failed or died meanwhile: write it (again) */
+      int complete = 0, fin = -1;
+      for (int tries = 0; tries < 3 && !stop; tries++) {
+        if ((fin = nq_sched_finalize(q, st, argv[optind], &complete, &err)) == 0) break;
+        NQ_WARN("wait", "job %s: manifest: %s (try %d of 3)", argv[optind], err.msg, tries + 1);
+        sleep(1);
+      }
       fprintf(stderr, "job %s: %lld tasks, %lld ok, %lld dead\n", argv[optind], c.total, c.ok, c.dead);
-      code = c.dead ? 1 : 0;
+      if (fin != 0) fprintf(stderr, "nextq: job %s: manifest not written: %s\n", argv[optind], err.msg);
+      code = fin != 0 ? 2 : c.dead ? 1 : 0;
       break;
     }
     if ((timeout > 0 && now_s() - t0 >= timeout) || stop) {
