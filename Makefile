@@ -101,7 +101,7 @@ test: all $(UNIT_BIN) $(ITEST_BIN)
 # one nq.results partition, and the mock dropped the oldest (its manifest found 5,407 of 10,000; a real broker keeps
 # what the topic's retention says). Prints tasks terminal / lost / duplicated executions.
 chaos: all $(BUILD)/tests/test_chaos
-	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_CHAOS_NOOP=10000 NQ_CHAOS_LLM=200 NQ_CHAOS_KAFKA_NOOP=4000 NQ_CHAOS_KAFKA_LLM=200 \
+	@NQ_BIN=$(abspath $(BUILD)/nextq) NQ_CHAOS_NOOP=10000 NQ_CHAOS_LLM=200 NQ_CHAOS_KAFKA_NOOP=4000 NQ_CHAOS_KAFKA_LLM=200 NQ_CHAOS_KAFKA_DOWN=1 \
 	  $(BUILD)/tests/test_chaos --verbose=0 --timeout 1800 -j1
 
 demo: all

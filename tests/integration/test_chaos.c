@@ -3,7 +3,8 @@
  * NOOP noop tasks plus LLM tiny-model llm tasks (stories260K) through 3 `nextq worker` processes while a killer
  * SIGKILLs a random worker every KILL_MS and starts a replacement, and the backend fails once mid-run:
  *   redis: the redis-server (AOF, appendfsync everysec) is restarted when half the noop tasks are ok;
- *   kafka: the (mock) broker goes down for DOWN_MS when a quarter of the noop tasks are ok, then comes back.
+ *   kafka: the (mock) broker goes down for DOWN_MS when a quarter of the noop tasks are ok, then comes back
+ *          (`make chaos` only, see the Kafka test).
  * Then every task must be terminal and ok, none lost; every task's output directory must hold exactly its one output
  * file, whole (no temp files, sizes as recorded), and the manifest one row per task. Duplicated executions (a task run
  * again after its worker died holding it, or after its partition moved) are counted from the noop exec log and
@@ -17,7 +18,8 @@
  * `make test` runs short versions; `make chaos` the full ones (Redis 10,000 noop + 200 LLM, Kafka 4,000 + 200:
  * see the Makefile).
  * Env: NQ_CHAOS_NOOP, NQ_CHAOS_LLM, NQ_CHAOS_KILL_MS (redis; default 1500), NQ_CHAOS_KAFKA_NOOP, NQ_CHAOS_KAFKA_LLM,
- * NQ_CHAOS_KAFKA_KILL_MS (8000), NQ_CHAOS_KAFKA_DOWN_MS (2000); NQ_CHAOS_KEEP=1 keeps the temporary directory. */
+ * NQ_CHAOS_KAFKA_KILL_MS (8000), NQ_CHAOS_KAFKA_DOWN (0; `make chaos` sets 1), NQ_CHAOS_KAFKA_DOWN_MS (2000);
+ * NQ_CHAOS_KEEP=1 keeps the temporary directory. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -248,7 +250,7 @@ static void chaos_run(const char *label, int n_noop, int n_llm, int kill_ms, fau
   run(dlq, sizeof dlq, (const char *[]){"dlq", "list", "--queue", url, NULL});
   printf("chaos %s: %d noop + %d llm tasks, %d SIGKILLs, %d %s, %.1fs: terminal %lld, ok %lld, lost %lld, "
          "outputs duplicated or partial 0, duplicated executions %lld (noop executions %lld for %lld tasks), DLQ %s\n",
-         label, n_noop, n_llm, kills, fault->done, fault->name, secs, okn + okl, okn + okl, n_noop + n_llm - okn - okl,
+         label, n_noop, n_llm, kills, fault->started, fault->name, secs, okn + okl, okn + okl, n_noop + n_llm - okn - okl,
          execs - uniq, execs, uniq, dlq[0] ? "not empty" : "empty");
   fflush(stdout);
   cr_assert_eq(okn, n_noop);
@@ -263,9 +265,15 @@ Test(chaos, kill_workers_and_restart_redis, .init = setup_redis, .fini = teardow
   chaos_run("redis", envint("NQ_CHAOS_NOOP", 2000), envint("NQ_CHAOS_LLM", 40), envint("NQ_CHAOS_KILL_MS", 1500), &f);
 }
 
-Test(chaos, kill_workers_and_kafka_broker_down_up, .init = setup_kafka, .fini = teardown, .timeout = 900) {
+Test(chaos, kafka_kill_workers_and_broker_down_up_in_make_chaos, .init = setup_kafka, .fini = teardown, .timeout = 900) {
+  /* The broker outage is on in `make chaos` only: librdkafka 2.0.2's mock broker (this process) aborts when a member
+   * whose JoinGroup it still holds joins again after reconnecting -- an outage during a rebalance, which kills every
+   * 8 s make likely even 10 s after the last kill (seen in CI: "rd_kafka_mock_cgrp_member_add: Assertion
+   * `!member->resp' failed"). `make test` keeps the kills; broker down/up with one consumer is
+   * tests/unit/test_queue_kafka.c broker_faults. */
   fault_t f = {.name = "broker down/up(s)", .at_div = 4, .step = kafka_down_up_step,
-               .down_ms = envint("NQ_CHAOS_KAFKA_DOWN_MS", 2000), .settle_ms = 10000};
+               .down_ms = envint("NQ_CHAOS_KAFKA_DOWN_MS", 2000), .settle_ms = 10000,
+               .done = !envint("NQ_CHAOS_KAFKA_DOWN", 0)};
   chaos_run("kafka", envint("NQ_CHAOS_KAFKA_NOOP", 2000), envint("NQ_CHAOS_KAFKA_LLM", 20),
             envint("NQ_CHAOS_KAFKA_KILL_MS", 8000), &f);
 }
