@@ -20,6 +20,7 @@
 
 #include "compute/core/pool.h"
 #include "compute/models/llama.h"
+#include "bench/bench_util.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -74,34 +75,6 @@ static double dram_bandwidth(void) {
   return best;
 }
 
-/* oneDNN GEMM peak: [M,K] x [N,K]^T; returns GFLOP/s (0 if unavailable) and says which dtype ran. */
-static double gemm_peak(const char *backend, nq_dtype_t dt, int M, int N, int K) {
-  nq_err_t err = {0};
-  nq_exec_t *ex = nq_exec_new(backend, NULL, &err);
-  if (!ex) return 0;
-  nq_tensor_t x, w, y;
-  nq_tensor_init(&x, NQ_DT_F32, 2, NQ_SHAPE(M, K), &err);
-  nq_tensor_init(&w, dt, 2, NQ_SHAPE(N, K), &err);
-  nq_tensor_init(&y, NQ_DT_F32, 2, NQ_SHAPE(M, N), &err);
-  for (int64_t i = 0; i < (int64_t)M * K; i++) ((float *)x.data)[i] = (float)((i % 13) - 6) * 0.01f;
-  nq_linear_t lin;
-  nq_linear_init(&lin, &w, NULL);
-  nq_op_desc_t d = {.op = NQ_OP_LINEAR, .src = {&x}, .dst = &y, .lin = &lin};
-  double best = 0;
-  if (ex->be[0]->iface->supports_op(ex->be[0], &d) && nq_exec_linear_prepare(ex, &lin, &err) == 0) {
-    for (int r = 0; r < 4; r++) {
-      double t = now_s();
-      if (ex->be[0]->iface->compute(ex->be[0], &d, &err) < 0) break;
-      double g = 2.0 * M * N * K / (now_s() - t) / 1e9;
-      if (r > 0 && g > best) best = g; /* first run warms up (primitive creation) */
-    }
-  }
-  nq_linear_deinit(&lin);
-  nq_tensor_deinit(&x), nq_tensor_deinit(&y);
-  nq_exec_free(ex);
-  return best;
-}
-
 /* One decode step of `bsz` sequences at context `ctx`; returns seconds per step (median of steps). */
 static double decode_step_time(nq_llama_model_t *m, int bsz, int prompt, int steps, nq_err_t *err) {
   nq_llama_kv_t *kv = nq_llama_kv_new(m, bsz, prompt + steps + 1, err);
@@ -150,9 +123,9 @@ int main(int argc, char **argv) {
          layers, threads);
   double bw = dram_bandwidth();
   printf("  DRAM read bandwidth (measured, %d threads):       %8.2f GB/s\n", threads, bw);
-  double peak_bf16 = gemm_peak("onednn", NQ_DT_BF16, prefill_T, 4096, 4096);
-  double peak_f32 = gemm_peak("onednn", NQ_DT_F32, prefill_T, 4096, 4096);
-  double peak_blas = gemm_peak("openblas", NQ_DT_F32, prefill_T, 4096, 4096);
+  double peak_bf16 = nqb_gemm_peak("onednn", NQ_DT_BF16, prefill_T, 4096, 4096, 3);
+  double peak_f32 = nqb_gemm_peak("onednn", NQ_DT_F32, prefill_T, 4096, 4096, 3);
+  double peak_blas = nqb_gemm_peak("openblas", NQ_DT_F32, prefill_T, 4096, 4096, 3);
   double peak = peak_bf16 > 0 ? peak_bf16 : peak_f32;
   printf("  oneDNN GEMM peak M=%d N=K=4096: bf16 %s, f32 %.1f GFLOP/s (OpenBLAS sgemm %.1f)\n", prefill_T,
          peak_bf16 > 0 ? "" : "unavailable on this CPU (no AVX512-BF16 kernels in oneDNN 2.6)", peak_f32, peak_blas);

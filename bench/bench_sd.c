@@ -28,6 +28,7 @@
 #include "compute/core/pool.h"
 #include "compute/io/safetensors.h"
 #include "compute/pipelines/sd.h"
+#include "bench/bench_util.h"
 
 #define SD15 NQ_SHARED_DIR "/models/configs/runwayml-stable-diffusion-v1-5"
 #define LISTINGS NQ_SHARED_DIR "/models/listings"
@@ -160,36 +161,6 @@ static double clip_flops(int n) {
   return f;
 }
 
-/* ---- GEMM peak ---- */
-
-/* [M,K] x [N,K]^T on one backend; GFLOP/s (0 if that backend does not take it). */
-static double gemm_peak(const char *backend, nq_dtype_t dt, int M, int N, int K) {
-  nq_err_t err = {0};
-  nq_exec_t *ex = nq_exec_new(backend, NULL, &err);
-  if (!ex) return 0;
-  nq_tensor_t x, wt, y;
-  nq_tensor_init(&x, NQ_DT_F32, 2, NQ_SHAPE(M, K), &err);
-  nq_tensor_init(&wt, dt, 2, NQ_SHAPE(N, K), &err);
-  nq_tensor_init(&y, NQ_DT_F32, 2, NQ_SHAPE(M, N), &err);
-  for (int64_t i = 0; i < (int64_t)M * K; i++) ((float *)x.data)[i] = (float)((i % 13) - 6) * 0.01f;
-  nq_linear_t lin;
-  nq_linear_init(&lin, &wt, NULL);
-  nq_op_desc_t d = {.op = NQ_OP_LINEAR, .src = {&x}, .dst = &y, .lin = &lin};
-  double best = 0;
-  if (ex->be[0]->iface->supports_op(ex->be[0], &d) && nq_exec_linear_prepare(ex, &lin, &err) == 0) {
-    for (int r = 0; r < 4; r++) {
-      double t = now_s();
-      if (ex->be[0]->iface->compute(ex->be[0], &d, &err) < 0) break;
-      double g = 2.0 * M * N * K / (now_s() - t) / 1e9;
-      if (r > 0 && g > best) best = g;
-    }
-  }
-  nq_linear_deinit(&lin);
-  nq_tensor_deinit(&x), nq_tensor_deinit(&y);
-  nq_exec_free(ex);
-  return best;
-}
-
 /* ---- the run ---- */
 
 typedef struct {
@@ -231,9 +202,9 @@ int main(int argc, char **argv) {
 
   /* GEMM peaks at a UNet-like shape (the 64x64 level: M = 2*4096 positions, N = K = 640) and a square one */
   int gm = 2048, gn = 1280, gk = 1280;
-  double pk_bf16 = gemm_peak("onednn", NQ_DT_BF16, gm, gn, gk);
-  double pk_dnn = gemm_peak("onednn", NQ_DT_F32, gm, gn, gk);
-  double pk_blas = gemm_peak("openblas", NQ_DT_F32, gm, gn, gk);
+  double pk_bf16 = nqb_gemm_peak("onednn", NQ_DT_BF16, gm, gn, gk, 3);
+  double pk_dnn = nqb_gemm_peak("onednn", NQ_DT_F32, gm, gn, gk, 3);
+  double pk_blas = nqb_gemm_peak("openblas", NQ_DT_F32, gm, gn, gk, 3);
   double peak = pk_bf16 > pk_dnn ? pk_bf16 : pk_dnn;
   if (pk_blas > peak) peak = pk_blas;
   printf("  GEMM peak M=%d N=%d K=%d: OpenBLAS sgemm %.1f, oneDNN f32 %.1f, oneDNN bf16 %.1f GFLOP/s%s\n", gm, gn, gk,
