@@ -199,6 +199,9 @@ typedef struct kc {
   int coop;   /* cooperative rebalance protocol (conf_coop) */
   int64_t commit_hold_until; /* mono ms: async commits wait (a rebalance is in progress), see kc_commit_cb */
   int in_fetch; /* fetches running: their partitions are resumed; outside fetches everything is paused */
+  int64_t last_poll; /* mono ms of the last rd_kafka_consumer_poll; guarded by pmu */
+  int keeping;       /* keeper_main is polling it; guarded by q->mu (k_free waits for 0 on q->kcv) */
+  unsigned kept_round; /* keeper_main's last round that visited it; guarded by q->mu */
   pthread_mutex_t mu;
   int hold_ms;         /* longest commit hold: session_ms() */
   pthread_mutex_t pmu; /* serialises rd_kafka_consumer_poll / consumer_close of rk */
@@ -269,6 +272,10 @@ struct kq {
   rd_kafka_t *prod; /* owned: the producer, shared by every thread */
   pthread_t poller; /* serves the producer's delivery reports */
   volatile int stop;
+  pthread_t keeper; /* polls idle consumers (keeper_main); started with the first consumer */
+  int keeper_on;    /* guarded by mu */
+  pthread_cond_t kcv; /* with mu: a consumer's keeping dropped to 0 */
+  volatile int keeper_stop;
   pthread_mutex_t dmu; /* delivery reports */
   pthread_cond_t dcv;
   pthread_mutex_t mu;  /* kcs, probes, mover creation */
@@ -317,6 +324,9 @@ static rd_kafka_conf_t *make_conf(kq_t *q, rd_kafka_type_t type, const char *gro
     snprintf(b, sizeof b, "%d", q->msg_timeout_ms);
     if (!rc) rc = conf_set(c, "acks", "all", err);
     if (!rc) rc = conf_set(c, "linger.ms", "1", err);
+    /* Results, job records and task batches are JSON that compresses well (a batch of noop results: measured below
+     * in deploy/README.md); the broker keeps a partition by bytes, so this is also how many results it holds. */
+    if (!rc) rc = conf_set(c, "compression.type", "lz4", err);
     if (!rc) rc = conf_set(c, "message.timeout.ms", b, err);
   } else {
     if (!rc) rc = conf_set(c, "group.id", group ? group : "nq.reader", err);
@@ -1003,6 +1013,8 @@ static int kc_subscribe(kc_t *kc, const char *const *topics, int ntopics, nq_err
  * than its 3 s initial rebalance delay. */
 static int session_ms(const kq_t *q) { return q->base.lease_ms > KQ_MIN_SESSION_MS ? q->base.lease_ms : KQ_MIN_SESSION_MS; }
 
+static void *keeper_main(void *arg);
+
 static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err) {
   kc_t *kc = kc_find(q, group, name);
   if (kc) return kc;
@@ -1034,8 +1046,10 @@ static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err)
     kc_free(kc);
     return other;
   }
+  kc->last_poll = mono_ms();
   kc->next = q->kcs;
   q->kcs = kc;
+  if (!q->keeper_on && pthread_create(&q->keeper, NULL, keeper_main, q) == 0) q->keeper_on = 1;
   pthread_mutex_unlock(&q->mu);
   return kc;
 }
@@ -1043,8 +1057,16 @@ static kc_t *kc_get(kq_t *q, const char *group, const char *name, nq_err_t *err)
 static void kc_buffer(kc_t *kc, rd_kafka_message_t *m);
 
 /* Polls once (timeout_ms) and buffers a message; serves rebalances. Caller holds neither kc->mu nor kc->pmu. */
+static void kc_poll_locked(kc_t *kc, int timeout_ms);
 static void kc_poll(kc_t *kc, int timeout_ms) {
   pthread_mutex_lock(&kc->pmu);
+  kc_poll_locked(kc, timeout_ms);
+  pthread_mutex_unlock(&kc->pmu);
+}
+
+/* kc_poll with kc->pmu held by the caller. */
+static void kc_poll_locked(kc_t *kc, int timeout_ms) {
+  kc->last_poll = mono_ms();
   rd_kafka_message_t *m = rd_kafka_consumer_poll(kc->rk, timeout_ms);
   if (m && m->err) {
     if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF && m->err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
@@ -1057,7 +1079,6 @@ static void kc_poll(kc_t *kc, int timeout_ms) {
     kc_buffer(kc, m);
     pthread_mutex_unlock(&kc->mu);
   }
-  pthread_mutex_unlock(&kc->pmu);
 }
 
 /* Appends a polled message to kc->buf. Caller holds kc->pmu and kc->mu. */
@@ -1074,6 +1095,59 @@ static void kc_buffer(kc_t *kc, rd_kafka_message_t *m) {
     kc->capbuf = cap;
   }
   kc->buf[kc->nbuf++] = m;
+}
+
+/* Keeps every consumer of the handle in its group. A worker thread polls its consumer of one stage only while it
+ * fetches from that stage or heartbeats a task of it; its consumers of the other stages, and an idle thread's, are
+ * not polled meanwhile, and librdkafka expels a consumer that has not polled for max.poll.interval.ms (MAXPOLL:
+ * leaving group). Each expulsion is a rebalance of the whole group, and every rebalance costs the group's members
+ * their uncommitted work: measured on the chaos run (2,000 noop + 20 llm tasks, two stages per worker), the stage
+ * groups' idle members were expelled every few seconds. So a consumer not polled for a third of its session and
+ * holding no delivery in flight is polled here (timeout 0: rebalances served, a message buffered for its next fetch,
+ * held commits retried). One with deliveries in flight is kept alive by their heartbeats (extend_lease) alone: when
+ * those stop, the consumer must fall silent and lose its partitions to another member, as a lease runs out on the
+ * other backends. A consumer whose poll lock is taken is being polled already. */
+static void *keeper_main(void *arg) {
+  kq_t *q = arg;
+  for (unsigned round = 1; !q->keeper_stop; round++) {
+    struct timespec ts = {0, 200 * 1000000L};
+    nanosleep(&ts, NULL);
+    for (;;) { /* one consumer at a time, marked: k_free unlinks and frees consumers meanwhile */
+      pthread_mutex_lock(&q->mu);
+      kc_t *kc = q->kcs;
+      while (kc && kc->kept_round == round) kc = kc->next;
+      if (kc) kc->kept_round = round, kc->keeping = 1;
+      pthread_mutex_unlock(&q->mu);
+      if (!kc || q->keeper_stop) {
+        if (kc) {
+          pthread_mutex_lock(&q->mu);
+          kc->keeping = 0;
+          pthread_cond_broadcast(&q->kcv);
+          pthread_mutex_unlock(&q->mu);
+        }
+        break;
+      }
+      if (!pthread_mutex_trylock(&kc->pmu)) { /* taken: being polled already */
+        pthread_mutex_lock(&kc->mu);
+        int busy = 0;
+        for (kpart_t *p = kc->parts; p && !busy; p = p->next) busy = part_pending(p);
+        pthread_mutex_unlock(&kc->mu);
+        if (!busy && !kc->closing && mono_ms() - kc->last_poll >= kc->hold_ms / 3) {
+          kc_poll_locked(kc, 0);
+          pthread_mutex_lock(&kc->mu);
+          kc_commit(kc, NULL, 0);
+          kc_revoke_maybe(kc);
+          pthread_mutex_unlock(&kc->mu);
+        }
+        pthread_mutex_unlock(&kc->pmu);
+      }
+      pthread_mutex_lock(&q->mu);
+      kc->keeping = 0;
+      pthread_cond_broadcast(&q->kcv);
+      pthread_mutex_unlock(&q->mu);
+    }
+  }
+  return NULL;
 }
 
 /* Turns buffered messages into deliveries (FIFO). Caller holds kc->mu. */
@@ -1867,6 +1941,28 @@ static int k_job_counts(nq_queue_t *qq, const char *job, nq_job_counts_t *c, nq_
   return rc;
 }
 
+static int k_tasks_ok(nq_queue_t *qq, const char *job, const char *const *tasks, int n, unsigned char *ok,
+                      nq_err_t *err) {
+  NEED_ERR;
+  kq_t *q = (kq_t *)qq;
+  int rc = check_job(job, "tasks_ok", err);
+  if (rc) return rc;
+  if (!ok || n < 0 || (n && !tasks)) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "kafka queue tasks_ok: bad arguments");
+  memset(ok, 0, (size_t)n);
+  pthread_mutex_lock(&q->jmu);
+  kjpart_t *jp;
+  rc = jobs_fold(q, job, &jp, err);
+  kjob_t *j = rc ? NULL : job_find(jp, job, 0);
+  for (int i = 0; j && j->capt && i < n; i++) {
+    if (!tasks[i]) continue;
+    size_t k = str_hash(tasks[i]) & (j->capt - 1);
+    while (j->t[k].task && strcmp(j->t[k].task, tasks[i])) k = (k + 1) & (j->capt - 1);
+    ok[i] = j->t[k].task && j->t[k].st == 'o';
+  }
+  pthread_mutex_unlock(&q->jmu);
+  return rc;
+}
+
 static int check_mark(const char *job, const char *task, const char *status, nq_err_t *err) {
   int rc = check_job(job, "job_mark", err);
   if (rc) return rc;
@@ -2247,10 +2343,20 @@ static int k_stats(nq_queue_t *qq, const char *topic, const char *group, nq_queu
 
 static void k_free(nq_queue_t *qq) {
   kq_t *q = (kq_t *)qq;
-  while (q->kcs) {
+  /* The keeper keeps polling the consumers not closed yet: closing one waits up to its session, and the others
+   * must not be expelled (MAXPOLL) meanwhile -- a rebalance of their groups for nothing. */
+  for (;;) {
+    pthread_mutex_lock(&q->mu);
     kc_t *kc = q->kcs;
-    q->kcs = kc->next;
+    if (kc) q->kcs = kc->next;
+    while (kc && kc->keeping) pthread_cond_wait(&q->kcv, &q->mu);
+    pthread_mutex_unlock(&q->mu);
+    if (!kc) break;
     kc_free(kc);
+  }
+  if (q->keeper_on) {
+    q->keeper_stop = 1;
+    pthread_join(q->keeper, NULL);
   }
   if (q->mover) {
     kmover_t *m = q->mover;
@@ -2305,6 +2411,7 @@ static void k_free(nq_queue_t *qq) {
   free(q->kv);
   pthread_mutex_destroy(&q->dmu);
   pthread_cond_destroy(&q->dcv);
+  pthread_cond_destroy(&q->kcv);
   pthread_mutex_destroy(&q->mu);
   pthread_mutex_destroy(&q->rmu);
   pthread_mutex_destroy(&q->jmu);
@@ -2315,6 +2422,7 @@ static void k_free(nq_queue_t *qq) {
 
 static const nq_queue_i kafka_vt = {
     .name = "kafka",
+    .counts_lower_bound = 1,
     .publish = k_publish,
     .fetch = k_fetch,
     .ack = k_ack,
@@ -2329,6 +2437,7 @@ static const nq_queue_i kafka_vt = {
     .job_set_total = k_job_set_total,
     .job_mark = k_job_mark,
     .job_counts = k_job_counts,
+    .tasks_ok = k_tasks_ok,
     .dlq_list = k_dlq_list,
     .dlq_requeue = k_dlq_requeue,
     .dlq_purge = k_dlq_purge,
@@ -2371,6 +2480,7 @@ int nq_queue_kafka_open(const char *brokers, const nq_queue_opts_t *opts, nq_que
   pthread_mutex_init(&q->dmu, NULL);
   pthread_cond_init(&q->dcv, NULL);
   pthread_mutex_init(&q->mu, NULL);
+  pthread_cond_init(&q->kcv, NULL);
   pthread_mutex_init(&q->rmu, NULL);
   pthread_mutex_init(&q->jmu, NULL);
   pthread_mutex_init(&q->cmu, NULL);

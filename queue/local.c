@@ -783,6 +783,23 @@ static int l_job_mark(nq_queue_t *qq, const char *job, const char *task, const c
   return 0;
 }
 
+static int l_tasks_ok(nq_queue_t *qq, const char *job, const char *const *tasks, int n, unsigned char *ok,
+                      nq_err_t *err) {
+  lqueue_t *q = LQ(qq);
+  if (!job || !ok || n < 0 || (n && !tasks))
+    return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "local queue tasks_ok: bad arguments");
+  pthread_mutex_lock(&q->mu);
+  ljob_t *j = job_find(q, job);
+  for (int i = 0; i < n; i++) {
+    ok[i] = 0;
+    if (!j || !j->captasks || !tasks[i]) continue;
+    const ltask_t *s = task_slot(j, tasks[i]);
+    ok[i] = s->task && s->status == status_index("ok");
+  }
+  pthread_mutex_unlock(&q->mu);
+  return 0;
+}
+
 static int l_job_counts(nq_queue_t *qq, const char *job, nq_job_counts_t *c, nq_err_t *err) {
   lqueue_t *q = LQ(qq);
   if (!job || !c) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "local queue job_counts: NULL argument");
@@ -1047,6 +1064,7 @@ static const nq_queue_i local_vt = {
     .job_set_total = l_job_set_total,
     .job_mark = l_job_mark,
     .job_counts = l_job_counts,
+    .tasks_ok = l_tasks_ok,
     .dlq_list = l_dlq_list,
     .dlq_requeue = l_dlq_requeue,
     .dlq_purge = l_dlq_purge,

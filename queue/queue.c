@@ -232,6 +232,10 @@ int nq_queue_job_mark(nq_queue_t *q, const char *job, const char *task, const ch
 int nq_queue_job_counts(nq_queue_t *q, const char *job, nq_job_counts_t *c, nq_err_t *err) {
   NQ__CALL(q, job_counts, job, c, err);
 }
+int nq_queue_tasks_ok(nq_queue_t *q, const char *job, const char *const *tasks, int n, unsigned char *ok,
+                      nq_err_t *err) {
+  NQ__CALL(q, tasks_ok, job, tasks, n, ok, err);
+}
 int nq_queue_dlq_list(nq_queue_t *q, int max_n, nq_dlq_entry_t **out, int *n_out, nq_err_t *err) {
   NQ__CALL(q, dlq_list, max_n, out, n_out, err);
 }

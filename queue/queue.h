@@ -71,6 +71,10 @@ struct nq_completion;
 /* The vtable. Members tagged optional may be NULL; callers get NQ_EUNSUPPORTED. */
 typedef struct nq_queue_i {
   const char *name; /* "local", "redis", "kafka" */
+  /* 1 when a delivery_count of 1 may be a redelivery: Kafka derives counts from the last offset commit that landed,
+   * and a commit refused during a rebalance (or lost with a killed member) leaves them low. The worker then asks
+   * tasks_ok for every delivery, not only for counts > 1. */
+  int counts_lower_bound;
   int (*publish)(nq_queue_t *q, const char *topic, const char *body, size_t len, nq_err_t *err);
   /* Fetch up to max_n messages from any of topics[0..ntopics) for consumer `consumer` of `group`.
    * First reclaims expired leases, then moves due delayed retries, then reads new messages;
@@ -98,6 +102,10 @@ typedef struct nq_queue_i {
   int (*job_mark)(nq_queue_t *q, const char *job, const char *task, const char *status, nq_job_counts_t *after,
                   int *changed, nq_err_t *err);
   int (*job_counts)(nq_queue_t *q, const char *job, nq_job_counts_t *c, nq_err_t *err);
+  /* Optional: ok[i] = 1 when task tasks[i] of job is recorded with terminal status "ok" (job_mark), else 0. The
+   * worker asks before it runs a redelivered task: one whose result is recorded is acked without running again. */
+  int (*tasks_ok)(nq_queue_t *q, const char *job, const char *const *tasks, int n, unsigned char *ok /* OUT [n] */,
+                  nq_err_t *err);
 
   /* Dead-letter queue administration. */
   int (*dlq_list)(nq_queue_t *q, int max_n, nq_dlq_entry_t **out, int *n_out, nq_err_t *err);
@@ -184,6 +192,8 @@ int nq_queue_job_set_total(nq_queue_t *q, const char *job, long long total, nq_e
 int nq_queue_job_mark(nq_queue_t *q, const char *job, const char *task, const char *status, nq_job_counts_t *after,
                       int *changed, nq_err_t *err);
 int nq_queue_job_counts(nq_queue_t *q, const char *job, nq_job_counts_t *c, nq_err_t *err);
+int nq_queue_tasks_ok(nq_queue_t *q, const char *job, const char *const *tasks, int n, unsigned char *ok,
+                      nq_err_t *err);
 int nq_queue_dlq_list(nq_queue_t *q, int max_n, nq_dlq_entry_t **out, int *n_out, nq_err_t *err);
 int nq_queue_dlq_requeue(nq_queue_t *q, const char *id, int *n, nq_err_t *err);
 int nq_queue_dlq_purge(nq_queue_t *q, int *n, nq_err_t *err);

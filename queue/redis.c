@@ -1133,6 +1133,34 @@ static int r_job_counts(nq_queue_t *qq, const char *job, nq_job_counts_t *c, nq_
   return 0;
 }
 
+/* HMGET of the job's task statuses, in chunks of what one command's argument array holds. */
+static int r_tasks_ok(nq_queue_t *qq, const char *job, const char *const *tasks, int n, unsigned char *ok,
+                      nq_err_t *err) {
+  NEED_ERR;
+  rq_t *q = (rq_t *)qq;
+  char tkey[RQ_KEY_MAX];
+  if (!ok || n < 0 || (n && !tasks)) return nq_err_set(err, NQ_EINVAL, NQ_ERR_FATAL, "redis queue tasks_ok: bad arguments");
+  int rc = mkkey2(tkey, "job:", job, ":tasks", "tasks_ok", err);
+  if (rc) return rc;
+  memset(ok, 0, (size_t)n);
+  for (int i0 = 0; i0 < n;) {
+    rargs_t a;
+    ra_init(&a, "HMGET");
+    ra_str(&a, tkey);
+    int i1 = i0;
+    for (; i1 < n && a.n < RQ_MAX_ARGS; i1++) ra_str(&a, tasks[i1] ? tasks[i1] : "");
+    redisReply *r = rcmd(q, "HMGET", &a, RQ_DEFAULT_TMO_MS, err);
+    if (!r) return nq_err_prefix(err, "job %s", job);
+    for (int i = i0; r->type == REDIS_REPLY_ARRAY && i < i1 && (size_t)(i - i0) < r->elements; i++) {
+      const redisReply *e = r->element[i - i0];
+      ok[i] = tasks[i] && e->type == REDIS_REPLY_STRING && e->len == 2 && !memcmp(e->str, "ok", 2);
+    }
+    freeReplyObject(r);
+    i0 = i1;
+  }
+  return 0;
+}
+
 /* ---------------------------------------------------------------- batches */
 
 #define RQ_PUB_CHUNK 1024     /* XADDs per round trip in publish_batch */
@@ -1535,6 +1563,7 @@ static const nq_queue_i redis_vt = {
     .job_set_total = r_job_set_total,
     .job_mark = r_job_mark,
     .job_counts = r_job_counts,
+    .tasks_ok = r_tasks_ok,
     .dlq_list = r_dlq_list,
     .dlq_requeue = r_dlq_requeue,
     .dlq_purge = r_dlq_purge,

@@ -328,12 +328,46 @@ static void finish_ok_group(worker_t *w, const char *group, nq_delivery_t *ds, c
 
 /* ---- processing a fetched batch of one stage ---- */
 
+/* done[i] = 1 for redeliveries (delivery count > 1; every delivery where counts are lower bounds, i.e. Kafka) whose
+ * task is already recorded ok: a worker that died after publishing a task's result but before its ack (or, on Kafka,
+ * before its offset commit landed -- a group that keeps rebalancing refuses commits) had the task handed out again. Outputs are idempotent, so running it again would be
+ * harmless but wasted, and on Kafka each run appends one more result to the job's results partition. One query per
+ * job of the batch; a queue without tasks_ok, or a failed query, runs them. */
+static void skip_recorded(worker_t *w, const nq_delivery_t *ds, const nq_envelope_t *envs, const unsigned char *valid,
+                          unsigned char *done, int n) {
+  const char **tasks = calloc((size_t)n, sizeof *tasks);
+  unsigned char *seen = calloc((size_t)n, 1), *ok = calloc((size_t)n, 1);
+  int *idx = calloc((size_t)n, sizeof *idx);
+  const int lower = w->o->queue->vt->counts_lower_bound;
+  for (int i = 0; tasks && seen && ok && idx && i < n; i++) {
+    if (!valid[i] || seen[i] || (ds[i].delivery_count <= 1 && !lower)) continue;
+    int k = 0;
+    for (int j = i; j < n; j++)
+      if (valid[j] && !seen[j] && (ds[j].delivery_count > 1 || lower) && !strcmp(envs[j].job, envs[i].job)) {
+        seen[j] = 1;
+        idx[k] = j;
+        tasks[k++] = envs[j].task;
+      }
+    nq_err_t err = {0};
+    if (nq_queue_tasks_ok(w->o->queue, envs[i].job, tasks, k, ok, &err) != 0) {
+      if (err.code != NQ_EUNSUPPORTED) NQ_DEBUG("worker", "job %s: recorded statuses: %s", envs[i].job, err.msg);
+      continue;
+    }
+    for (int t = 0; t < k; t++) done[idx[t]] = ok[t];
+  }
+  free(tasks);
+  free(seen);
+  free(ok);
+  free(idx);
+}
+
 static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, int n, nq_store_batch_t *sbatch) {
   const nq_stage_t *st = w->stages[si];
   nq_envelope_t *envs = calloc((size_t)n, sizeof *envs);
   nq_task_ctx_t *ctx = calloc((size_t)n, sizeof *ctx);
   int *attempts = calloc((size_t)n, sizeof *attempts), *map = calloc((size_t)n, sizeof *map);
-  if (!envs || !ctx || !attempts || !map) {
+  unsigned char *valid = calloc((size_t)n, 1), *done = calloc((size_t)n, 1);
+  if (!envs || !ctx || !attempts || !map || !valid || !done) {
     NQ_ERROR("worker", "out of memory; %d deliveries left to their lease", n);
     goto out;
   }
@@ -347,6 +381,18 @@ static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, i
     if (strcmp(envs[i].stage, st->name) != 0) {
       nq_err_set(&perr, NQ_EFORMAT, NQ_ERR_FATAL, "task for stage '%s' on the queue of stage '%s'", envs[i].stage, st->name);
       handle_malformed(w, group, &ds[i], &perr);
+      nq_envelope_deinit(&envs[i]);
+      continue;
+    }
+    valid[i] = 1;
+  }
+  skip_recorded(w, ds, envs, valid, done, n);
+  for (int i = 0; i < n; i++) {
+    if (!valid[i]) continue;
+    if (done[i]) { /* its result is recorded: the previous run finished, only its ack was lost */
+      ack(w, group, &ds[i]);
+      stat_add(w, &w->stats.skipped, 1);
+      nq_metric_add(w->m_tasks, 1, envs[i].stage, "skipped");
       nq_envelope_deinit(&envs[i]);
       continue;
     }
@@ -412,6 +458,8 @@ static void process(worker_t *w, int si, const char *group, nq_delivery_t *ds, i
     nq_envelope_deinit(&envs[map[j]]);
   }
 out:
+  free(valid);
+  free(done);
   free(envs);
   free(ctx);
   free(attempts);
@@ -425,6 +473,7 @@ static void *task_thread(void *arg) {
   int ns = o->nstages;
   long long last_work = now_ms();
   int si = ta->idx % ns;
+  int peek = 0; /* the last batch had tasks: the next stage is only peeked at (no wait) */
   nq_store_batch_t *sbatch = nq_store_batch_new(o->store); /* this thread's group commit */
   while (!*o->stop) {
     const nq_stage_t *st = w->stages[si];
@@ -436,7 +485,7 @@ static void *task_thread(void *arg) {
     nq_delivery_t *ds = NULL;
     int n = 0;
     nq_err_t err = {0};
-    int block = ns > 1 ? (o->block_ms < 100 ? o->block_ms : 100) : o->block_ms;
+    int block = ns > 1 ? (peek ? 0 : o->block_ms < 100 ? o->block_ms : 100) : o->block_ms;
     if (nq_queue_fetch(o->queue, topics, 2, group, ta->consumer, o->batch, block, &ds, &n, &err) != 0) {
       NQ_WARN("worker", "fetch from %s: %s", t1, err.msg);
       usleep(500000);
@@ -463,8 +512,14 @@ static void *task_thread(void *arg) {
       free(nodes);
       nq_delivery_free_array(ds, n);
       last_work = now_ms();
+      /* Stages take turns after every batch: a stage with a long backlog would otherwise keep the thread from the
+       * tasks its consumers of the other stages hold (on Kafka a partition's tasks go to one consumer only). The
+       * other stage is peeked at without waiting, so an empty one costs no time. */
+      peek = ns > 1;
+      si = (si + 1) % ns;
     } else {
       free(ds);
+      peek = 0;
       si = (si + 1) % ns;
       if (o->exit_when_idle && now_ms() - last_work > o->idle_ms) break;
     }

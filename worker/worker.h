@@ -78,6 +78,7 @@ typedef struct nq_worker_opts {
 
 typedef struct nq_worker_stats {
   long long ok, retried, dead, malformed, acks, fetched;
+  long long skipped; /* redeliveries of tasks already recorded ok: acked without running (nq_queue_tasks_ok) */
   int released; /* task threads still inside a stage when the grace period ended: exit the process now */
 } nq_worker_stats_t;
 

@@ -28,10 +28,15 @@
 
 #include "common/log.h"
 #include "queue/kafka_int.h"
+#include "queue/envelope.h"
 #include "queue/queue.h"
+#include "scheduler/scheduler.h"
+#include "store/store.h"
+#include "tests/helpers/jobs.h"
 #include "tests/helpers/kafka_broker.h"
 #include "tests/helpers/queue_wait.h"
 #include "tests/helpers/redis_harness.h"
+#include "worker/worker.h"
 
 /* ---------------------------------------------------------------- backends */
 
@@ -654,6 +659,17 @@ QTEST(job_state_counts_each_task_once) {
   nq_queue_t *q3 = qopen(B->long_lease_ms);
   cr_assert_eq(nq_queue_job_counts(q3, "J", &c, &e), 0);
   cr_assert(c.total == 3 && c.ok == 2 && c.failed == 1 && c.dead == 0);
+  /* tasks_ok: exactly the tasks whose latest status is ok, from any handle; unknown tasks and jobs are not */
+  const char *tasks[] = {"J/000001", "J/000002", "J/000003", "J/000004"};
+  unsigned char ok[4] = {9, 9, 9, 9};
+  cr_assert_eq(nq_queue_tasks_ok(q3, "J", tasks, 4, ok, &e), 0, "%s", e.msg);
+  cr_assert(ok[0] == 1 && ok[1] == 1 && ok[2] == 0 && ok[3] == 0, "%d %d %d %d", ok[0], ok[1], ok[2], ok[3]);
+  cr_assert_eq(nq_queue_job_mark(q2, "J", "J/000001", "dead", NULL, NULL, &e), 0); /* a later status wins */
+  cr_assert_eq(nq_queue_tasks_ok(q, "J", tasks, 4, ok, &e), 0, "%s", e.msg);
+  cr_assert(ok[0] == 0 && ok[1] == 1, "%d %d", ok[0], ok[1]);
+  memset(ok, 9, sizeof ok);
+  cr_assert_eq(nq_queue_tasks_ok(q, "NOJOB", tasks, 4, ok, &e), 0, "%s", e.msg);
+  cr_assert(!ok[0] && !ok[1] && !ok[2] && !ok[3]);
 }
 
 QTEST(stats_depth_inflight_delayed_dead) {
@@ -1354,6 +1370,76 @@ Test(redis_only, complete_batch_trims_stream, .init = init_redis, .fini = fini_a
   nq_job_counts_t c;
   cr_assert_eq(nq_queue_job_counts(q, "J", &c, &e), 0);
   cr_assert_eq(c.ok, 300);
+}
+
+/* ---------------------------------------------------------------- worker over local and redis */
+
+/* A worker that died after recording two of its three tasks ok but before acking them: the next worker gets all three
+ * again (delivery count 2), acks the two recorded ones without running them (nq_queue_tasks_ok) and runs the third.
+ * Kafka reaches the same code when a dead member's offset commit never landed (its redeliveries need a consumer
+ * death: covered by the chaos run's duplicated-execution count). */
+static void body_worker_skips_recorded(void) {
+  char dir[] = "/tmp/nq_skip_XXXXXX", path[300], job[160], yaml[600];
+  cr_assert(mkdtemp(dir));
+  snprintf(yaml, sizeof yaml, "job: skip\nstage: noop\ndataset: {format: jsonl, path: in.jsonl}\noutput: out\n"
+           "max_attempts: 5\nparams: {exec_log: %s/exec.log}\n", dir);
+  nq_err_t e = {0};
+  nq_store_t *st = NULL;
+  nq_queue_t *q = qopen(300);
+  cr_assert_eq(nq_test_submit_rows(q, dir, 3, yaml, &st, job, sizeof job, &e), 0, "%s", e.msg);
+  FILE *f;
+  char t1[160], t2[160], group[128];
+  nq_queue_topic(t1, sizeof t1, "noop", "cpu");
+  nq_queue_topic(t2, sizeof t2, "noop", "any");
+  nq_queue_group(group, sizeof group, "noop");
+  const char *topics[] = {t1, t2};
+  nq_delivery_t *d = NULL;
+  int n = 0;
+  cr_assert_eq(nq_queue_fetch(q, topics, 2, group, "dead", 3, 2000, &d, &n, &e), 0, "%s", e.msg);
+  cr_assert_eq(n, 3);
+  char unrecorded[128] = "";
+  for (int i = 0; i < n; i++) {
+    nq_envelope_t env;
+    cr_assert_eq(nq_envelope_parse(d[i].body, d[i].len, &env, &e), 0, "%s", e.msg);
+    if (i < 2) cr_assert_eq(nq_queue_job_mark(q, job, env.task, "ok", NULL, NULL, &e), 0, "%s", e.msg);
+    else snprintf(unrecorded, sizeof unrecorded, "%s", env.task);
+    nq_envelope_deinit(&env);
+  }
+  nq_delivery_free_array(d, n);
+  sleep_ms(600); /* the dead consumer's leases expire */
+  const char *stages[] = {"noop"};
+  nq_worker_opts_t wo = {.queue = q, .store = st, .stages = stages, .nstages = 1, .device = "cpu", .threads = 1,
+                         .batch = 8, .block_ms = 200, .exit_when_idle = 1, .idle_ms = 1500};
+  nq_worker_stats_t ws = {0};
+  cr_assert_eq(nq_worker_run(&wo, &ws, &e), 0, "%s", e.msg);
+  cr_assert_eq(ws.skipped, 2, "skipped %lld ok %lld", ws.skipped, ws.ok);
+  cr_assert_eq(ws.ok, 1);
+  snprintf(path, sizeof path, "%s/exec.log", dir);
+  f = fopen(path, "r");
+  cr_assert(f, "the unrecorded task never ran");
+  char line[256];
+  int lines = 0;
+  while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = 0;
+    cr_assert_str_eq(line, unrecorded);
+    lines++;
+  }
+  fclose(f);
+  cr_assert_eq(lines, 1);
+  nq_job_counts_t c;
+  cr_assert_eq(nq_queue_job_counts(q, job, &c, &e), 0);
+  cr_assert(c.total == 3 && c.ok == 3, "total %lld ok %lld", c.total, c.ok);
+  nq_queue_stats_t qs = stats(q, t1, group);
+  cr_assert(qs.depth == 0 && qs.in_flight == 0, "depth %lld in flight %lld", qs.depth, qs.in_flight);
+  nq_store_free(st);
+  snprintf(path, sizeof path, "rm -rf %s", dir);
+  cr_assert_eq(system(path), 0);
+}
+Test(local, worker_skips_recorded_redelivery, .init = init_local, .fini = fini_all, .timeout = 60) {
+  body_worker_skips_recorded();
+}
+Test(redis, worker_skips_recorded_redelivery, .init = init_redis, .fini = fini_all, .timeout = 60) {
+  body_worker_skips_recorded();
 }
 
 /* ---------------------------------------------------------------- local only, helpers */

@@ -23,6 +23,7 @@
 #include "queue/queue.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
+#include "tests/helpers/jobs.h"
 #include "tests/helpers/kafka_broker.h"
 #include "tests/helpers/queue_wait.h"
 #include "worker/worker.h"
@@ -288,22 +289,13 @@ KTEST(worker_runs_noop_job_end_to_end, 150) {
   char dir[] = "/tmp/nq_kafka_e2e_XXXXXX";
   cr_assert(mkdtemp(dir));
   char path[300];
-  snprintf(path, sizeof path, "%s/in.jsonl", dir);
-  FILE *f = fopen(path, "w");
-  cr_assert(f);
-  for (int i = 0; i < 12; i++) fprintf(f, "{\"id\":\"r%02d\",\"prompt\":\"p %d\"}\n", i, i);
-  fclose(f);
   const char *yaml = "job: kjob\nstage: noop\ndataset: {format: jsonl, path: in.jsonl}\noutput: out\nbatch_size: 1\n"
                      "max_attempts: 3\nparams: {fail_attempts: 1}\n";
-  nq_job_spec_t spec;
   nq_err_t e = {0};
-  cr_assert_eq(nq_job_spec_load_string(yaml, strlen(yaml), "job.yaml", dir, &spec, &e), 0, "%s", e.msg);
-  nq_store_cfg_t sc = {.file_root = dir};
   nq_store_t *st = NULL;
-  cr_assert_eq(nq_store_new(&sc, &st, &e), 0, "%s", e.msg);
   nq_queue_t *q = qopen(10000);
   char job[160];
-  cr_assert_eq(nq_sched_submit(q, st, &spec, job, sizeof job, NULL, NULL, &e), 0, "%s", e.msg);
+  cr_assert_eq(nq_test_submit_rows(q, dir, 12, yaml, &st, job, sizeof job, &e), 0, "%s", e.msg);
   nq_job_counts_t c;
   cr_assert_eq(nq_queue_job_counts(q, job, &c, &e), 0, "%s", e.msg);
   cr_assert_eq(c.total, 12);
@@ -325,7 +317,7 @@ KTEST(worker_runs_noop_job_end_to_end, 150) {
   snprintf(path, sizeof path, "%s/out/%s/_SUCCESS", dir, job);
   cr_assert_eq(access(path, F_OK), 0, "no %s", path);
   snprintf(path, sizeof path, "%s/out/%s/_manifest.jsonl", dir, job);
-  f = fopen(path, "r");
+  FILE *f = fopen(path, "r");
   cr_assert(f, "no manifest");
   int rows = 0;
   char line[8192];
@@ -336,7 +328,6 @@ KTEST(worker_runs_noop_job_end_to_end, 150) {
   cr_assert(qs.depth == 0 && qs.in_flight == 0 && qs.delayed == 0, "depth %lld in_flight %lld delayed %lld", qs.depth,
             qs.in_flight, qs.delayed);
   nq_store_free(st);
-  nq_job_spec_deinit(&spec);
   char cmd[400];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   cr_assert_eq(system(cmd), 0);
