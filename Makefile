@@ -31,6 +31,16 @@ ifeq ($(WITH_ONEDNN),1)
 CFLAGS  += -DNQ_WITH_ONEDNN
 LIBS    += -ldnnl
 endif
+ifeq ($(WITH_CUDA),1)
+# The cuda backend: compute/backends/cuda.c (C, cuBLAS + CUDA runtime) and compute/backends/*.cu (kernels, nvcc).
+# Code for sm_80 (A100) and sm_90 (H100/H200) plus compute_90 PTX for newer GPUs.
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null))
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+NVCCFLAGS ?= -O3 -std=c++17 -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra,-Werror
+CFLAGS  += -DNQ_WITH_CUDA -I$(CUDA_HOME)/include
+LIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+endif
 EXTRA_LIBS ?=
 LIBS    += $(EXTRA_LIBS)
 
@@ -39,6 +49,9 @@ MODULES := common store queue datasets scheduler worker api \
            compute/models/samplers compute/pipelines
 LIB_SRC := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+ifeq ($(WITH_CUDA),1)
+LIB_OBJ += $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(wildcard compute/backends/*.cu))
+endif
 CLI_SRC := $(wildcard cli/*.c)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -62,6 +75,11 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC  $<"
 	@$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu compute/backends/cuda_kernels.h
+	@mkdir -p $(dir $@)
+	@echo "  NVCC $<"
+	@$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(BUILD)/libnextq.a: $(LIB_OBJ)
 	@rm -f $@

@@ -13,6 +13,7 @@
 #include "cli/cli_util.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "compute/core/ops.h"
 #include "worker/worker.h"
 
 typedef struct worker_cfg {
@@ -128,6 +129,18 @@ int nq_cli_worker(int argc, char **argv) {
   if (nq_log_level_parse(cfg.log_level, &lvl) == 0 && nq_log_format_parse(cfg.log_format, &fmt) == 0 &&
       (config || getenv("NQ_WORKER_LOG_LEVEL") || getenv("NQ_WORKER_LOG_FORMAT")))
     nq_log_setup(lvl, fmt);
+  if (!strcmp(cfg.device, "cuda")) {
+    /* GPU workers: every model's executor puts the cuda backend first. Refuse to start without a usable GPU rather
+     * than serve the cuda queues at CPU speed. */
+    nq_backend_t *probe = nq_backend_cuda_new(NULL, &err);
+    if (!probe) {
+      fprintf(stderr, "nextq: worker --device cuda: %s\n", err.msg);
+      nq_config_deinit(worker_props, &cfg);
+      return 2;
+    }
+    nq_backend_free(probe);
+    nq_exec_set_auto("cuda,openblas?,onednn?,cpu", NULL);
+  }
   size_t ns = json_array_size(cfg.stages);
   const char **stages = calloc(ns ? ns : 1, sizeof *stages);
   for (size_t i = 0; i < ns; i++) stages[i] = json_string_value(json_array_get(cfg.stages, i));

@@ -101,7 +101,9 @@ nq_backend_t *nq_backend_ref_new(nq_err_t *err);
 nq_backend_t *nq_backend_cpu_new(nq_pool_t *pool /* borrowed */, nq_err_t *err);
 nq_backend_t *nq_backend_openblas_new(nq_pool_t *pool, nq_err_t *err);
 nq_backend_t *nq_backend_onednn_new(nq_pool_t *pool, nq_err_t *err);
-/* By name: "ref", "cpu", "openblas", "onednn". */
+/* NVIDIA GPU (WITH_CUDA=1): linear, conv2d, attention via cuBLAS; NULL when not built or no GPU (compute/backends/cuda.c) */
+nq_backend_t *nq_backend_cuda_new(nq_pool_t *pool, nq_err_t *err);
+/* By name: "ref", "cpu", "openblas", "onednn", "cuda". */
 nq_backend_t *nq_backend_new_by_name(const char *name, nq_pool_t *pool, nq_err_t *err);
 void nq_backend_free(nq_backend_t *be);
 /* oneDNN implementation names chosen for f32 / bf16 matmul ("none" if unavailable). */

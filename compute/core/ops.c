@@ -223,6 +223,22 @@ static double nq_exec__now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+#define NQ_EXEC_AUTO_DEFAULT "openblas?,onednn?,cpu"
+static char nq_exec__auto[128]; /* nq_exec_set_auto; empty: NQ_BACKENDS or the default */
+
+int nq_exec_set_auto(const char *spec, nq_err_t *err) {
+  if (spec && strlen(spec) >= sizeof nq_exec__auto)
+    return nq_err_set(err, NQ_EINVAL, 0, "exec: backend list '%s' too long", spec);
+  snprintf(nq_exec__auto, sizeof nq_exec__auto, "%s", spec ? spec : "");
+  return 0;
+}
+
+const char *nq_exec_auto_spec(void) {
+  if (nq_exec__auto[0]) return nq_exec__auto;
+  const char *env = getenv("NQ_BACKENDS");
+  return env && *env && strlen(env) < sizeof nq_exec__auto ? env : NQ_EXEC_AUTO_DEFAULT;
+}
+
 nq_exec_t *nq_exec_new(const char *spec, nq_pool_t *pool, nq_err_t *err) {
   nq_exec_t *ex = calloc(1, sizeof(*ex));
   if (!ex) {
@@ -237,7 +253,7 @@ nq_exec_t *nq_exec_new(const char *spec, nq_pool_t *pool, nq_err_t *err) {
   ex->prof_t0 = nq_exec__now();
   if (!spec || !*spec) spec = "auto";
   char buf[128];
-  snprintf(buf, sizeof buf, "%s", strcmp(spec, "auto") == 0 ? "openblas?,onednn?,cpu" : spec);
+  snprintf(buf, sizeof buf, "%s", strcmp(spec, "auto") == 0 ? nq_exec_auto_spec() : spec);
   bool have_ref = false;
   for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
     size_t l = strlen(tok);

@@ -30,6 +30,11 @@ typedef struct nq_exec {
 /* spec: "auto" (every built backend: openblas,onednn,cpu,ref; OpenBLAS sgemm measured 2x oneDNN f32 on AVX2) or a comma list ("cpu", "openblas,ref");
  * "ref" is appended if absent. pool NULL = nq_pool_default(). */
 nq_exec_t *nq_exec_new(const char *spec, nq_pool_t *pool /* borrowed */, nq_err_t *err);
+/* What "auto" means for executors made afterwards (process-wide; call before threads start): spec as above, NULL or
+ * "" = back to the environment's NQ_BACKENDS, else "openblas?,onednn?,cpu". A worker with --device cuda sets
+ * "cuda,openblas?,onednn?,cpu". nq_exec_auto_spec() is the list "auto" stands for now (static storage). */
+int nq_exec_set_auto(const char *spec, nq_err_t *err);
+const char *nq_exec_auto_spec(void);
 void nq_exec_free(nq_exec_t *ex);
 /* Which backend would run this op (for tests/tracing). NULL if none. */
 nq_backend_t *nq_exec_pick(nq_exec_t *ex, const nq_op_desc_t *op);

@@ -42,7 +42,7 @@ static double rel_l2_d(const nq_tensor_t *a, const double *ref) {
   return sqrt(num) / fmax(sqrt(den), 1e-12);
 }
 
-static const char *k_backends[] = {"cpu", "openblas", "onednn"};
+static const char *k_backends[] = {"cpu", "openblas", "onednn", "cuda"};
 
 static nq_tensor_t mk(nq_dtype_t dt, int nd, const int64_t *shape) {
   nq_tensor_t t;

@@ -27,7 +27,7 @@ static double rel_l2(const nq_tensor_t *a, const nq_tensor_t *b) {
   return sqrt(num) / fmax(sqrt(den), 1e-12);
 }
 
-static const char *k_backends[] = {"cpu", "openblas", "onednn"};
+static const char *k_backends[] = {"cpu", "openblas", "onednn", "cuda"};
 
 /* Runs op on be and on ref with separate dst tensors; returns rel_l2 or -1 if unsupported. */
 static double run_pair(nq_backend_t *be, nq_backend_t *ref, nq_op_desc_t *d, nq_tensor_t *dst_be, nq_tensor_t *dst_ref) {
@@ -290,4 +290,38 @@ Test(compute_ops, attention_long_sequences_gemm_path) {
               r);
   }
   nq_backend_free(cpu), nq_backend_free(ref);
+}
+
+/* The cuda backend's chunked paths -- attention in query blocks, conv2d in im2col row blocks -- on small shapes: the
+ * block size is made tiny through NQ_CUDA_CHUNK_FLOATS (read when the backend is made). Skipped without a GPU. */
+Test(compute_ops, cuda_chunked_paths) {
+  nq_err_t err = {0};
+  setenv("NQ_CUDA_CHUNK_FLOATS", "600", 1);
+  nq_backend_t *be = nq_backend_cuda_new(NULL, &err);
+  unsetenv("NQ_CUDA_CHUNK_FLOATS");
+  if (!be) cr_skip_test("cuda: %s", err.msg);
+  nq_backend_t *ref = nq_backend_ref_new(&err);
+  /* 600 / (4 heads * 45 keys) = 3 query rows per block: 13 blocks, causal limits across block edges */
+  for (int causal = 0; causal < 2; causal++) {
+    double r = attn_pair(be, ref, 37, 45, 4, 2, 16, causal ? 8 : 0, causal);
+    cr_assert_geq(r, 0, "cuda does not run attention");
+    cr_expect_leq(r, 1e-6, "chunked attention causal %d: rel_l2 %g", causal, r);
+  }
+  for (int g = 1; g <= 2; g++) { /* 600 / (27 * 13) = 1 output row per im2col block */
+    int N = 2, Ci = 6, Co = 4, H = 13, k = 3;
+    nq_tensor_t x, w, b, y1, y2;
+    nq_tensor_init(&x, NQ_DT_F32, 4, NQ_SHAPE(N, Ci, H, H), &err);
+    nq_tensor_init(&w, NQ_DT_BF16, 4, NQ_SHAPE(Co, Ci / g, k, k), &err);
+    nq_tensor_init(&b, NQ_DT_F32, 1, NQ_SHAPE(Co), &err);
+    nq_tensor_init(&y1, NQ_DT_F32, 4, NQ_SHAPE(N, Co, H, H), &err);
+    nq_tensor_init(&y2, NQ_DT_F32, 4, NQ_SHAPE(N, Co, H, H), &err);
+    fill(&x, 1), fill(&w, 0.5f), fill(&b, 1);
+    nq_op_desc_t d = {.op = NQ_OP_CONV2D, .src = {&x, &w, &b}, .i = {1, 1, 1, 1, 1, 1, g}};
+    double r = run_pair(be, ref, &d, &y1, &y2);
+    cr_assert_geq(r, 0, "cuda does not run conv2d");
+    cr_expect_leq(r, 1e-6, "chunked conv2d groups %d: rel_l2 %g", g, r);
+    nq_tensor_deinit(&x), nq_tensor_deinit(&w), nq_tensor_deinit(&b), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
+  }
+  nq_backend_free(be);
+  nq_backend_free(ref);
 }
