@@ -1,6 +1,7 @@
 /* bench_cuda — the cuda backend's ops beside baselines measured in the same run on the same machine:
  *   peak    cuBLAS sgemm 4096^3 on device-resident data (f32, and TF32 tensor cores), and the host<->device copy
- *           bandwidth from pageable memory (what every op's activations travel through);
+ *           bandwidth from pageable and from pinned memory (every op's activations travel through the backend's
+ *           pinned staging; copies_share below is against the pinned figure);
  *   ops     linear (LLaMA-7B shapes, bf16 weights resident on the GPU: decode M=1, prefill M=128), conv2d (SD-1.5 UNet
  *           shapes, batch 2 = CFG), attention (the UNet's 64x64 self-attention, a 7B prefill block): median seconds
  *           on the cuda backend and on the host cpu backend (every core), the speedup, GFLOP/s as a share of the
@@ -156,11 +157,12 @@ static double device_peak(int tf32) {
   return 2.0 * n * n * (double)n / nqb_median(v, 7) / 1e9;
 }
 
-/* Bytes per second of a 64 MiB pageable host -> device + device -> host round trip. */
-static double copy_bw(void) {
+/* Bytes per second of a 64 MiB host -> device + device -> host round trip from pageable (malloc) or pinned memory. */
+static double copy_bw(int pinned) {
   size_t bytes = (size_t)64 << 20;
-  void *h = malloc(bytes), *d = NULL;
-  if (!h || cudaMalloc(&d, bytes)) return 0;
+  void *h = NULL, *d = NULL;
+  if (pinned ? cudaMallocHost(&h, bytes) != cudaSuccess : !(h = malloc(bytes))) return 0;
+  if (cudaMalloc(&d, bytes)) return 0;
   memset(h, 1, bytes);
   double v[8];
   for (int r = -1; r < 5; r++) {
@@ -170,7 +172,8 @@ static double copy_bw(void) {
     if (r >= 0) v[r] = nqb_now() - t0;
   }
   cudaFree(d);
-  free(h);
+  if (pinned) cudaFreeHost(h);
+  else free(h);
   return 2.0 * bytes / nqb_median(v, 5);
 }
 #endif
@@ -196,11 +199,13 @@ int main(void) {
   cudaGetDeviceProperties(&prop, dev);
   g_peak = device_peak(0);
   double tf = device_peak(1);
-  g_bw = copy_bw();
-  printf("bench_cuda device=\"%s\" sgemm_peak_gflops=%.0f tf32_peak_gflops=%.0f copy_gbps=%.1f tf32=%s "
-         "host_threads=%d\n",
-         prop.name, g_peak, tf, g_bw / 1e9, getenv("NQ_CUDA_TF32") ? getenv("NQ_CUDA_TF32") : "0",
-         nq_pool_size(nq_pool_default()));
+  double pageable = copy_bw(0), pinned = copy_bw(1);
+  const char *pe = getenv("NQ_CUDA_PINNED");
+  g_bw = pe && *pe == '0' ? pageable : pinned; /* what the backend's copies can reach at best */
+  printf("bench_cuda device=\"%s\" sgemm_peak_gflops=%.0f tf32_peak_gflops=%.0f copy_gbps_pageable=%.1f "
+         "copy_gbps_pinned=%.1f tf32=%s pinned_staging=%s host_threads=%d\n",
+         prop.name, g_peak, tf, pageable / 1e9, pinned / 1e9, getenv("NQ_CUDA_TF32") ? getenv("NQ_CUDA_TF32") : "0",
+         pe && *pe == '0' ? "off" : "on", nq_pool_size(nq_pool_default()));
   if (getenv("NQ_CUDA_TF32") && *getenv("NQ_CUDA_TF32") == '1') g_peak = tf;
 #endif
   fflush(stdout);

@@ -322,6 +322,26 @@ Test(compute_ops, cuda_chunked_paths) {
     cr_expect_leq(r, 1e-6, "chunked conv2d groups %d: rel_l2 %g", g, r);
     nq_tensor_deinit(&x), nq_tensor_deinit(&w), nq_tensor_deinit(&b), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
   }
+  /* copies of several pinned staging chunks (8 MiB each) both ways: 1100x2048 f32 = 9 MiB in, 9 MiB out; against
+   * the cpu backend (the reference's scalar loops would take long here; cpu is checked against it above) */
+  nq_backend_t *cpu = nq_backend_cpu_new(NULL, &err);
+  int M = 1100, K = 2048, N = 2048;
+  nq_tensor_t x, w, y1, y2;
+  nq_tensor_init(&x, NQ_DT_F32, 2, NQ_SHAPE(M, K), &err);
+  nq_tensor_init(&w, NQ_DT_F32, 2, NQ_SHAPE(N, K), &err);
+  nq_tensor_init(&y1, NQ_DT_F32, 2, NQ_SHAPE(M, N), &err);
+  nq_tensor_init(&y2, NQ_DT_F32, 2, NQ_SHAPE(M, N), &err);
+  fill(&x, 1), fill(&w, 0.1f);
+  nq_linear_t lin;
+  nq_linear_init(&lin, &w, NULL);
+  cr_assert_eq(be->iface->linear_pack(be, &lin, &err), 0, "%s", err.msg);
+  nq_op_desc_t d = {.op = NQ_OP_LINEAR, .src = {&x}, .lin = &lin};
+  double r = run_pair(be, cpu, &d, &y1, &y2);
+  cr_assert_geq(r, 0, "linear not run");
+  cr_expect_leq(r, 1e-5, "linear through the staging chunks: rel_l2 %g", r);
+  nq_linear_deinit(&lin);
+  nq_tensor_deinit(&x), nq_tensor_deinit(&y1), nq_tensor_deinit(&y2);
+  nq_backend_free(cpu);
   nq_backend_free(be);
   nq_backend_free(ref);
 }
