@@ -11,8 +11,11 @@
  * look alike to the backend: no cache can tell them apart safely). Device-resident activations are the next step:
  * for the UNet the per-op copies cost more than the convolutions.
  *
- * Math: f32 GEMMs (cublasSgemm), the same results as the host backends to ~1e-6 relative; NQ_CUDA_TF32=1 lets
- * cuBLAS use TF32 tensor cores (10-bit mantissa products, ~1e-3 relative). NQ_CUDA_DEVICE picks the GPU (default 0).
+ * Math: BF16 linear weights stay BF16 on the device (half the memory of f32: LLaMA-7B's 13.5 GB instead of 27) and
+ * multiply activations rounded to BF16 on tensor cores with f32 accumulation (cublasGemmEx), as oneDNN does on
+ * AVX512-BF16 CPUs: ~3e-3 relative. NQ_CUDA_WEIGHTS=f32 widens them to f32 instead. Everything else is f32
+ * (cublasSgemm: the host backends' results to ~1e-6 relative); NQ_CUDA_TF32=1 lets cuBLAS use TF32 tensor cores
+ * there (~1e-4). F16 weights are widened to f32 (F16 activations could overflow). NQ_CUDA_DEVICE picks the GPU.
  * The backend cannot be made (NULL, err says why) when it was not built, no driver or no GPU is there. */
 #include <pthread.h>
 #include <stdio.h>
@@ -42,6 +45,7 @@ typedef struct {
   void *buf[NQ_CUDA__NBUF]; /* owned device scratch, grown on demand */
   size_t cap[NQ_CUDA__NBUF];
   int64_t chunk;            /* floats per im2col / score block */
+  int wbf16;                /* keep BF16 linear weights BF16 (NQ_CUDA_WEIGHTS != f32) */
   void *pin[2];             /* owned pinned host staging buffers of NQ_CUDA_PIN_BYTES (NULL: pageable copies) */
   cudaEvent_t pin_ev[2];    /* owned: the last copy that used pin[i] */
   nq_pool_t *pool;          /* borrowed: host-side staging copies */
@@ -52,9 +56,10 @@ typedef struct {
 /* A linear layer's weights on the device (nq_linear_t.packed[NQ_BK_CUDA]). */
 typedef struct {
   int dev;
-  float *w; /* owned device [N, K] f32 */
-  float *b; /* owned device [N] or NULL */
+  void *w;   /* owned device [N, K]: f32, or bf16 when bf16 */
+  float *b;  /* owned device [N] or NULL */
   int64_t N, K;
+  int bf16;  /* w holds the BF16 weights as they were */
 } nq_cuda__lin_t;
 
 static int nq_cuda__err(nq_err_t *err, cudaError_t e, const char *what) {
@@ -215,11 +220,13 @@ static int nq_cuda__pack_locked(nq_backend_t *be, nq_linear_t *lin, nq_err_t *er
   nq_cuda__lin_t *l = calloc(1, sizeof *l);
   if (!l) return nq_err_set(err, NQ_ENOMEM, 0, "cuda linear pack: out of memory");
   l->dev = c->dev, l->N = w->ne[0], l->K = w->ne[1];
+  l->bf16 = c->wbf16 && w->dtype == NQ_DT_BF16;
   int64_t n = l->N * l->K;
-  cudaError_t e = cudaMalloc((void **)&l->w, sizeof(float) * (size_t)n);
+  cudaError_t e = cudaMalloc(&l->w, (l->bf16 ? sizeof(uint16_t) : sizeof(float)) * (size_t)n);
   if (e == cudaSuccess && lin->b.data) e = cudaMalloc((void **)&l->b, sizeof(float) * (size_t)l->N);
   int rc = e != cudaSuccess ? nq_cuda__err(err, e, "linear weights allocation") : 0;
-  if (!rc) rc = nq_cuda__upload_f32(c, l->w, w->data, w->dtype, n, NQ_CUDA__T, err);
+  if (!rc && l->bf16) rc = nq_cuda__put(c, l->w, w->data, sizeof(uint16_t) * (size_t)n, err);
+  else if (!rc) rc = nq_cuda__upload_f32(c, l->w, w->data, w->dtype, n, NQ_CUDA__T, err);
   if (!rc && l->b) rc = nq_cuda__upload_f32(c, l->b, lin->b.data, NQ_DT_F32, l->N, NQ_CUDA__T, err);
   if (!rc && (e = cudaStreamSynchronize(c->st)) != cudaSuccess) rc = nq_cuda__err(err, e, "linear weights upload");
   if (rc) {
@@ -259,8 +266,8 @@ static int nq_cuda__rows_out(nq_cuda__ctx_t *c, nq_tensor_t *t, const void *src,
   return 0;
 }
 
-/* y[M,N] = x[M,K] . W[N,K]^T + b: row-major y is column-major y^T [N,M], so y^T = W . x^T is one Sgemm with W
- * transposed (column-major W is [K,N]). */
+/* y[M,N] = x[M,K] . W[N,K]^T + b: row-major y is column-major y^T [N,M], so y^T = W . x^T is one GEMM with W
+ * transposed (column-major W is [K,N]): Sgemm, or for BF16 weights GemmEx on x rounded to BF16. */
 static int nq_cuda__linear(nq_backend_t *be, const nq_op_desc_t *op, nq_err_t *err) {
   nq_cuda__ctx_t *c = be->ctx;
   int rc = nq_cuda__pack_locked(be, op->lin, err);
@@ -273,9 +280,19 @@ static int nq_cuda__linear(nq_backend_t *be, const nq_op_desc_t *op, nq_err_t *e
     return rc;
   if ((rc = nq_cuda__rows_in(c, dx, op->src[0], x, err))) return rc;
   const float one = 1.0f, zero = 0.0f;
-  NQ_BLAS_TRY(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->N, (int)x.n, (int)l->K, &one, l->w, (int)l->K, dx,
-                          (int)l->K, &zero, dy, (int)l->N),
-              "linear sgemm");
+  if (l->bf16) {
+    uint16_t *dxb;
+    if ((rc = nq_cuda__scratch(c, NQ_CUDA__K, sizeof(uint16_t) * (size_t)(x.n * x.len), (void **)&dxb, err))) return rc;
+    NQ_CUDA_TRY((cudaError_t)nq_cuk_to_bf16(c->st, dxb, dx, x.n * x.len), "bf16 kernel");
+    NQ_BLAS_TRY(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->N, (int)x.n, (int)l->K, &one, l->w, CUDA_R_16BF,
+                             (int)l->K, dxb, CUDA_R_16BF, (int)l->K, &zero, dy, CUDA_R_32F, (int)l->N,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                "linear bf16 gemm");
+  } else {
+    NQ_BLAS_TRY(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->N, (int)x.n, (int)l->K, &one, l->w, (int)l->K,
+                            dx, (int)l->K, &zero, dy, (int)l->N),
+                "linear sgemm");
+  }
   if (l->b) NQ_CUDA_TRY((cudaError_t)nq_cuk_bias_rows(c->st, dy, l->b, x.n, l->N, l->N), "bias kernel");
   return nq_cuda__rows_out(c, op->dst, dy, y, err);
 }
@@ -445,6 +462,8 @@ nq_backend_t *nq_backend_cuda_new(nq_pool_t *pool, nq_err_t *err) {
     return NULL;
   }
   c->dev = dev;
+  const char *wm = getenv("NQ_CUDA_WEIGHTS");
+  c->wbf16 = !(wm && !strcmp(wm, "f32"));
   const char *ch = getenv("NQ_CUDA_CHUNK_FLOATS");
   c->chunk = ch && atoll(ch) > 0 ? atoll(ch) : NQ_CUDA_CHUNK_FLOATS;
   pthread_mutex_init(&c->mu, NULL);

@@ -1,5 +1,6 @@
 // compute/backends/cuda_kernels.cu — the few kernels the cuda backend needs around cuBLAS: weight widening, bias,
 // im2col and the attention softmax. Launchers are extern "C" (cuda_kernels.h); each returns cudaGetLastError().
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -23,6 +24,11 @@ __global__ void widen_k(float *dst, const uint16_t *src, int64_t n, int kind) {
     if (kind == 1) dst[i] = __uint_as_float((uint32_t)v << 16);
     else dst[i] = __half2float(__ushort_as_half(v));
   }
+}
+
+__global__ void to_bf16_k(uint16_t *dst, const float *src, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    dst[i] = __bfloat16_as_ushort(__float2bfloat16_rn(src[i]));
 }
 
 __global__ void bias_rows_k(float *y, const float *b, int64_t M, int64_t N, int64_t ldy) {
@@ -104,6 +110,11 @@ __global__ void attn_softmax_k(float *scores, int64_t T, int64_t ld, int64_t S, 
 
 extern "C" int nq_cuk_widen(void *stream, float *dst, const uint16_t *src, int64_t n, int kind) {
   if (n > 0) widen_k<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(dst, src, n, kind);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int nq_cuk_to_bf16(void *stream, uint16_t *dst, const float *src, int64_t n) {
+  if (n > 0) to_bf16_k<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(dst, src, n);
   return (int)cudaGetLastError();
 }
 

@@ -12,6 +12,8 @@ extern "C" {
 
 /* dst[i] = float(src[i]) for n BF16 (kind 1) or F16 (kind 2) values. */
 int nq_cuk_widen(void *stream, float *dst, const uint16_t *src, int64_t n, int kind);
+/* dst[i] = bf16(src[i]) (round to nearest even) for n values. */
+int nq_cuk_to_bf16(void *stream, uint16_t *dst, const float *src, int64_t n);
 /* y[m * ldy + n] += b[n] for m < M, n < N. */
 int nq_cuk_bias_rows(void *stream, float *y, const float *b, int64_t M, int64_t N, int64_t ldy);
 /* y[(n * C + c) * S + s] += b[c]. */
