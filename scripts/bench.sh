@@ -65,4 +65,8 @@ for b in "${benches[@]}"; do
   case "$name" in bench_queue_raw|bench_store) continue ;; esac
   echo "== $name"
   "$b"
+  # the cuda ops' PyTorch twin, where a CUDA build of torch and a GPU are there
+  if [ "$name" = bench_cuda ] && ${NQ_PYTHON:-python3} -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    ${NQ_PYTHON:-python3} bench/torch_cuda_ops.py
+  fi
 done
